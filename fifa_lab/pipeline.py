@@ -1,0 +1,247 @@
+"""Run the project notebooks in order with papermill into one run folder.
+
+Each notebook receives ``run_dir``, ``seed`` and ``profile`` plus whichever profile knobs and user
+parameters its ``parameters`` cell declares, executes with ``run_dir`` as its working directory, and
+writes its own results JSON ``run_dir/<stem>.json``. Notebooks hand work to each other through the run
+folder, so once one notebook runs, every later one in the same call runs too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import papermill
+from jupyter_client.kernelspec import KernelSpecManager
+from papermill.exceptions import PapermillExecutionError
+from papermill.translators import PythonTranslator
+
+NOTEBOOKS: list[str] = [
+    "01_fict_exploration",
+    "02_forgery_synthesis",
+    "03_annotation",
+    "04_training",
+    "05_age_evaluation",
+    "06_interactive_analysis",
+]
+"""Notebook stems in execution order; a stem whose file does not exist yet is skipped with a note."""
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # smoke: seconds per notebook, for tests and CI.
+    "smoke": {"seed": 0, "n_faces": 2},
+    # default: the run `make pipeline` does on a 2-core CPU.
+    "default": {"seed": 0, "n_faces": 8},
+    # full: bigger data and longer training, for a workstation or GPU.
+    "full": {"seed": 0, "n_faces": 16},
+}
+"""Profile name -> papermill parameters shared by all notebooks (the one place for profile-sized knobs)."""
+
+KERNEL_NAME = "fifa-lab"
+STATE_FILE = "pipeline_state.json"
+
+# Passed to every notebook whether or not its parameters cell declares them.
+_ALWAYS = frozenset({"run_dir", "seed", "profile"})
+# Set by the runner itself; overriding them would make notebooks write where the runner does not look.
+_RESERVED = frozenset({"run_dir", "profile"})
+
+
+class PipelineError(RuntimeError):
+    """A notebook failed or broke the pipeline's contract; the message says which and where to look."""
+
+
+@dataclass
+class PipelineResult:
+    """What a pipeline run produced, keyed by notebook stem."""
+
+    run_dir: Path
+    profile: str
+    notebooks: dict[str, Path] = field(default_factory=dict)
+    """Executed notebooks (run now or already up to date)."""
+    results: dict[str, Path] = field(default_factory=dict)
+    """Results JSON written by each notebook."""
+    durations: dict[str, float] = field(default_factory=dict)
+    """Seconds per notebook executed in this call."""
+    skipped: list[str] = field(default_factory=list)
+    """Notebooks that were up to date and not re-executed."""
+    missing: list[str] = field(default_factory=list)
+    """Notebooks in the list whose source does not exist."""
+
+    def load_results(self) -> dict[str, Any]:
+        """Read every notebook's results JSON."""
+        return {name: json.loads(path.read_text()) for name, path in self.results.items()}
+
+
+def run_pipeline(
+    profile: str = "smoke",
+    run_dir: str | os.PathLike[str] | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    notebooks: Sequence[str] | None = None,
+    force: bool = False,
+    timeout: int | None = None,
+    log: Callable[[str], Any] = print,
+    notebook_dir: str | os.PathLike[str] | None = None,
+) -> PipelineResult:
+    """Execute ``notebooks`` (default: all of :data:`NOTEBOOKS`) in order into ``run_dir``.
+
+    Args:
+        profile: key of :data:`PROFILES` giving the shared parameters.
+        run_dir: run folder; default ``runs/<profile>`` under the current directory.
+        parameters: overrides of profile parameters (``seed``, knobs, anything a notebook declares).
+        notebooks: stems to run, in this order.
+        force: re-execute notebooks that are up to date.
+        timeout: seconds a single cell may run (papermill's ``execution_timeout``); None = no limit.
+        log: receives one progress line at a time.
+        notebook_dir: where ``<stem>.ipynb`` sources live; default the repository's ``notebooks/``.
+
+    A notebook is up to date, and skipped, when its executed copy and results JSON are newer than its
+    source and it was last run with the same parameters (kept in ``run_dir/pipeline_state.json``).
+    Changes to ``fifa_lab`` code are not tracked: use ``force`` after editing the package.
+
+    Raises:
+        PipelineError: a notebook failed (message names the notebook, the cell and the partially
+            executed notebook kept for inspection) or did not write its results JSON.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    overrides = dict(parameters or {})
+    if reserved := _RESERVED & overrides.keys():
+        raise ValueError(f"{', '.join(sorted(reserved))} is set by the runner; pass run_dir/profile instead")
+
+    run_dir = Path(run_dir if run_dir is not None else Path.cwd() / "runs" / profile).resolve()
+    source_dir = Path(notebook_dir) if notebook_dir is not None else NOTEBOOK_DIR
+    out_dir = run_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / STATE_FILE
+    state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {}
+    result = PipelineResult(run_dir=run_dir, profile=profile)
+
+    names = list(NOTEBOOKS if notebooks is None else notebooks)
+    sources = {name: source_dir / f"{name}.ipynb" for name in names}
+    declared = {name: _declared_parameters(src) for name, src in sources.items() if src.exists()}
+    if unused := sorted(overrides.keys() - _ALWAYS - set().union(*declared.values())):
+        log(f"note: no notebook in this run declares {', '.join(unused)}; not passed")
+
+    shared = {**PROFILES[profile], **overrides, "run_dir": str(run_dir), "profile": profile}
+    kernel = KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else "python3"
+    upstream_ran = False
+    for index, name in enumerate(names, 1):
+        tag = f"[{index}/{len(names)}] {name}"
+        if name not in declared:
+            log(f"{tag}: skipped, {sources[name]} does not exist yet")
+            result.missing.append(name)
+            continue
+        params = {k: v for k, v in shared.items() if k in _ALWAYS or k in declared[name]}
+        recorded = _jsonable(params)
+        output, results = out_dir / f"{name}.ipynb", run_dir / f"{name}.json"
+        fresh = _up_to_date(sources[name], output, results, recorded, state.get(name))
+        if fresh and not (force or upstream_ran):
+            log(f"{tag}: up to date, skipped (--force re-runs it)")
+            result.skipped.append(name)
+        else:
+            # Forget the old record first so an interrupted run is never mistaken for a finished one.
+            state.pop(name, None)
+            _write_json(state_path, state)
+            log(f"{tag}: running")
+            start = time.perf_counter()
+            _execute(name, sources[name], output, results, params, run_dir, kernel, timeout)
+            result.durations[name] = time.perf_counter() - start
+            state[name] = {"parameters": recorded}
+            _write_json(state_path, state)
+            upstream_ran = True
+            log(f"{tag}: done in {result.durations[name]:.1f} s")
+        result.notebooks[name] = output
+        result.results[name] = results
+
+    _report(result, log)
+    return result
+
+
+def _declared_parameters(source: Path) -> set[str]:
+    """Names assigned in the notebook's ``parameters`` cell, read the way papermill reads them."""
+    nb = nbformat.read(source, as_version=4)
+    for cell in nb.cells:
+        if "parameters" in cell.metadata.get("tags", []):
+            return {p.name for p in PythonTranslator.inspect(cell)}
+    return set()
+
+
+def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters as they round-trip through the state file, so comparisons are like for like."""
+    return json.loads(json.dumps(params, default=str))
+
+
+def _up_to_date(source: Path, output: Path, results: Path, params: dict[str, Any], record: Any) -> bool:
+    if record != {"parameters": params} or not (output.exists() and results.exists()):
+        return False
+    newer_than = source.stat().st_mtime_ns
+    return output.stat().st_mtime_ns > newer_than and results.stat().st_mtime_ns > newer_than
+
+
+def _execute(
+    name: str,
+    source: Path,
+    output: Path,
+    results: Path,
+    params: dict[str, Any],
+    run_dir: Path,
+    kernel: str,
+    timeout: int | None,
+) -> None:
+    """Run one notebook; its executed copy replaces ``output`` only when every cell succeeded."""
+    partial = output.with_name(f".{name}.running.ipynb")
+    failed = output.with_name(f"{name}.failed.ipynb")
+    results_before = results.stat().st_mtime_ns if results.exists() else None
+    try:
+        papermill.execute_notebook(
+            str(source),
+            str(partial),
+            parameters=params,
+            kernel_name=kernel,
+            cwd=str(run_dir),
+            progress_bar=False,
+            execution_timeout=timeout,
+        )
+    except Exception as exc:  # papermill, nbclient and the kernel raise many types; all end the run
+        if isinstance(exc, PapermillExecutionError):
+            # The index counts papermill's injected-parameters cell, as the kept notebook does.
+            what = f"cell {exc.cell_index} (In [{exc.exec_count}]) raised {exc.ename}: {exc.evalue}"
+        else:
+            what = f"{type(exc).__name__}: {exc}"
+        where = ""
+        if partial.exists():
+            os.replace(partial, failed)
+            where = f"\nThe partially executed notebook is kept for inspection: {failed}"
+        raise PipelineError(f"notebook {name} failed: {what}{where}") from exc
+    os.replace(partial, output)
+    failed.unlink(missing_ok=True)
+    if not results.exists() or results.stat().st_mtime_ns == results_before:
+        raise PipelineError(
+            f"notebook {name} ran but did not write its results {results}; every notebook ends by "
+            f"writing <stem>.json into run_dir. Executed notebook: {output}"
+        )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _report(result: PipelineResult, log: Callable[[str], Any]) -> None:
+    """Say where to look once the run is over."""
+    if not result.notebooks:
+        return
+    log(f"executed notebooks: {result.run_dir / 'notebooks'}")
+    for path in result.results.values():
+        log(f"results: {path}")
+    for label, filename in (("metrics", "metrics.json"), ("report", "index.html")):
+        if (result.run_dir / filename).exists():
+            log(f"{label}: {result.run_dir / filename}")

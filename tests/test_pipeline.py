@@ -1,0 +1,167 @@
+"""The notebook pipeline runner and its CLI, on throw-away notebooks."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+from nbformat.v4 import new_code_cell, new_notebook
+
+from fifa_lab import cli
+from fifa_lab.pipeline import PipelineError, run_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_notebook(
+    folder: Path, stem: str, body: str = "", parameters: str = "", writes_results: bool = True
+) -> Path:
+    """A notebook with a ``parameters`` cell, an optional body and a cell writing ``<stem>.json``."""
+    params = new_code_cell(f"run_dir = '.'\nseed = 0\nprofile = 'smoke'\nx = 1\n{parameters}")
+    params.metadata["tags"] = ["parameters"]
+    cells = [params] + ([new_code_cell(body)] if body else [])
+    if writes_results:
+        cells.append(new_code_cell(
+            "import json, pathlib\n"
+            f"pathlib.Path(run_dir, '{stem}.json').write_text("
+            "json.dumps({'run_dir': run_dir, 'seed': seed, 'profile': profile, 'x': x}))"
+        ))
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = folder / f"{stem}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def nb_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    return folder
+
+
+@pytest.mark.slow
+def test_outputs_results_and_overrides_land_in_run_dir(nb_dir: Path, tmp_path: Path) -> None:
+    write_notebook(nb_dir, "01_a")
+    write_notebook(nb_dir, "02_b")
+    lines: list[str] = []
+    run_dir = tmp_path / "run"
+    result = run_pipeline(
+        "smoke", run_dir=run_dir, parameters={"seed": 7, "x": 2.5, "typo": 1},
+        notebooks=["01_a", "02_b"], notebook_dir=nb_dir, log=lines.append,
+    )
+    assert result.notebooks == {s: run_dir.resolve() / "notebooks" / f"{s}.ipynb" for s in ("01_a", "02_b")}
+    assert all(path.exists() for path in result.notebooks.values())
+    assert set(result.durations) == {"01_a", "02_b"} and not result.skipped
+    expected = {"run_dir": str(run_dir.resolve()), "seed": 7, "profile": "smoke", "x": 2.5}
+    assert result.load_results()["02_b"] == expected
+    assert not list((run_dir / "notebooks").glob(".*"))  # no temporary files left behind
+    assert "note: no notebook in this run declares typo; not passed" in lines
+    assert any("01_a: done in" in line for line in lines)
+    assert any(str(run_dir.resolve() / "02_b.json") in line for line in lines)
+
+
+@pytest.mark.slow
+def test_up_to_date_notebooks_are_skipped_until_stale(nb_dir: Path, tmp_path: Path) -> None:
+    write_notebook(nb_dir, "01_a")
+    write_notebook(nb_dir, "02_b", parameters="y = 0")
+    kwargs = dict(
+        run_dir=tmp_path / "run", notebooks=["01_a", "02_b"], notebook_dir=nb_dir, log=lambda _: None
+    )
+
+    assert set(run_pipeline(**kwargs).durations) == {"01_a", "02_b"}
+    again = run_pipeline(**kwargs)
+    assert again.skipped == ["01_a", "02_b"] and not again.durations
+    assert set(again.results) == {"01_a", "02_b"}
+
+    # A changed parameter re-runs only the notebooks that declare it ...
+    changed = run_pipeline(**kwargs, parameters={"y": 3})
+    assert changed.skipped == ["01_a"] and set(changed.durations) == {"02_b"}
+
+    # ... an edited source re-runs it and everything after it, and force re-runs all.
+    write_notebook(nb_dir, "01_a")
+    assert set(run_pipeline(**kwargs, parameters={"y": 3}).durations) == {"01_a", "02_b"}
+    assert set(run_pipeline(**kwargs, parameters={"y": 3}, force=True).durations) == {"01_a", "02_b"}
+
+
+@pytest.mark.slow
+def test_failing_cell_names_notebook_and_cell(nb_dir: Path, tmp_path: Path) -> None:
+    write_notebook(nb_dir, "01_a", body="raise ValueError('broken gallery')")
+    run_dir = tmp_path / "run"
+    with pytest.raises(PipelineError) as info:
+        run_pipeline(run_dir=run_dir, notebooks=["01_a"], notebook_dir=nb_dir, log=lambda _: None)
+    message = str(info.value)
+    failed = run_dir.resolve() / "notebooks" / "01_a.failed.ipynb"
+    # Cell 2: the body, after the parameters cell and papermill's injected-parameters cell.
+    assert message.startswith("notebook 01_a failed: cell 2 (In [")
+    assert "ValueError: broken gallery" in message
+    assert str(failed) in message and failed.exists()
+    assert not (run_dir / "notebooks" / "01_a.ipynb").exists()
+
+
+@pytest.mark.slow
+def test_notebook_without_results_json_is_an_error(nb_dir: Path, tmp_path: Path) -> None:
+    write_notebook(nb_dir, "01_a", writes_results=False)
+    with pytest.raises(PipelineError, match="01_a ran but did not write its results"):
+        run_pipeline(run_dir=tmp_path / "run", notebooks=["01_a"], notebook_dir=nb_dir, log=lambda _: None)
+
+
+def test_missing_notebooks_are_skipped_with_a_note(nb_dir: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    result = run_pipeline(
+        run_dir=tmp_path / "run", notebooks=["09_later"], notebook_dir=nb_dir, log=lines.append
+    )
+    assert result.missing == ["09_later"] and not result.notebooks
+    assert any("09_later" in line and "does not exist yet" in line for line in lines)
+
+
+def test_runner_owns_run_dir_and_profile(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="run_dir"):
+        run_pipeline(run_dir=tmp_path, parameters={"run_dir": "elsewhere"})
+    with pytest.raises(ValueError, match="unknown profile"):
+        run_pipeline("huge", run_dir=tmp_path)
+
+
+def test_cli_parses_parameters_as_yaml_scalars() -> None:
+    args = cli.build_parser().parse_args([
+        "pipeline", "-p", "a=1", "-p", "b=x", "-p", "c=true", "-p", "lr=1e-3", "-p", "s=[1, 2]",
+        "--only", "01_fict_exploration",
+    ])
+    assert dict(args.parameters) == {"a": 1, "b": "x", "c": True, "lr": 0.001, "s": "[1, 2]"}
+    assert args.profile == "default" and args.only == ["01_fict_exploration"]
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["pipeline", "-p", "novalue"])
+
+
+def test_cli_reports_pipeline_error_without_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: dict = {}
+
+    def fail(**kwargs: object) -> None:
+        seen.update(kwargs)
+        raise PipelineError("notebook 03_annotation failed: cell 2")
+
+    monkeypatch.setattr(cli, "run_pipeline", fail)
+    status = cli.main(
+        ["pipeline", "--profile", "smoke", "--only", "03_annotation", "01_fict_exploration", "--timeout", "60"]
+    )
+    assert status == 1
+    assert "notebook 03_annotation failed: cell 2" in capsys.readouterr().err
+    assert seen["notebooks"] == ["01_fict_exploration", "03_annotation"]
+    assert seen["profile"] == "smoke" and seen["timeout"] == 60
+
+
+def test_environment_yml_mirrors_pyproject() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
+    listed = {req for req in pip if not req.startswith("-")}
+    torch_spec = re.search(r"^TORCH_SPEC \?= (\S+)$", (REPO / "Makefile").read_text(), re.M).group(1)
+    assert torch_spec in listed
+    assert listed - {torch_spec} == {req for req in wanted if not req.startswith("torch")}
