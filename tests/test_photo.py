@@ -20,6 +20,7 @@ from fifa_lab.ibug68 import (
 from fifa_lab.faces.image_io import MIN_SIDE, ImageError, load_image
 from fifa_lab.faces.landmarks import Detection, available_backends, get_backend, register_backend
 from fifa_lab.faces.photo import NoFaceError, align_landmarks, detect_face
+from fifa_lab.fict import load_tree
 
 SIZE = 256
 
@@ -191,7 +192,13 @@ def test_detect_face_aligns_astronaut(photo):
     face = detect_face(photo, size=SIZE)
     assert face.image.shape == (SIZE, SIZE, 3) and face.image.dtype == np.uint8
     assert face.landmarks.shape == (68, 2) and face.landmarks.dtype == np.float32
-    assert face.label_map is None and face.source == "photo:dlib"
+    assert face.source == "photo:dlib"
+    # The same geometry code as synthetic faces labels the photo: the eyes land where dlib put them.
+    tree = load_tree()
+    assert face.label_map.shape == (SIZE, SIZE) and face.label_map.dtype == np.int16
+    for side, points in (("left", LEFT_EYE), ("right", RIGHT_EYE)):
+        x, y = np.round(face.landmarks[points].mean(axis=0)).astype(int)
+        assert tree.ancestor_at_depth(tree.leaves()[face.label_map[y, x]].id, 2).id == f"eye_{side}"
     assert not any(face.attributes[k] for k in ("glasses", "earrings", "beard", "moustache", "fringe"))
     assert face.attributes["alignment"].shape == (2, 3)
     assert_canonical(face)

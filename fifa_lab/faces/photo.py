@@ -11,6 +11,7 @@ import numpy as np
 from fifa_lab.faces.face import Face
 from fifa_lab.faces.image_io import ImageSource, load_image
 from fifa_lab.faces.landmarks import available_backends, get_backend
+from fifa_lab.fict import load_tree
 from fifa_lab.ibug68 import canonical_frame, check_landmarks, mean_shape
 
 # Appearance flags a landmark backend cannot tell; photos default to False for each.
@@ -74,7 +75,9 @@ def detect_face(image: ImageSource, size: int = 256, backend: str = "dlib", inde
 
     Returns:
         A `Face` with the ``(size, size, 3)`` uint8 crop, its ``(68, 2)`` float32 landmarks,
-        ``label_map=None`` and attributes: the five appearance flags (False), ``"alignment"`` (the
+        its label map under the default FICT (the same geometry code as synthetic faces; the
+        conditional concepts such as glasses or beard stay empty because 68 landmarks cannot tell
+        them) and attributes: the five appearance flags (False), ``"alignment"`` (the
         ``(2, 3)`` float64 matrix from original-image to crop pixels), ``"box"`` (the detection box
         ``(x0, y0, x1, y1)`` in the original image) and ``"score"`` (the detector score).
 
@@ -102,5 +105,6 @@ def detect_face(image: ImageSource, size: int = 256, backend: str = "dlib", inde
     aligned = _warp(rgb, matrix, size)
     landmarks = (detection.landmarks.astype(np.float64) @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
     attributes = {name: False for name in _PHOTO_ATTRIBUTES}
+    label_map = load_tree().label_map(landmarks, (size, size), attributes)
     attributes.update(alignment=matrix, box=detection.box, score=detection.score)
-    return Face(aligned, landmarks, label_map=None, attributes=attributes, source=f"photo:{backend}")
+    return Face(aligned, landmarks, label_map=label_map, attributes=attributes, source=f"photo:{backend}")

@@ -245,7 +245,8 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     if step > 1:
         noise = cv2.resize(noise, (w, h), interpolation=cv2.INTER_LINEAR)
     noise = noise[:h, :w]
-    return (noise - noise.mean()) / max(float(noise.std()), 1e-6)
+    sample = noise[::4, ::4]  # statistics of a subsample are exact enough and 16x cheaper
+    return (noise - sample.mean()) / max(float(sample.std()), 1e-6)
 
 
 def _strands(rng: np.random.Generator, shape: tuple[int, int], length: int, slant: float, vertical: bool = True,
@@ -256,15 +257,16 @@ def _strands(rng: np.random.Generator, shape: tuple[int, int], length: int, slan
     shear = np.float32([[1, slant, -slant * h / 2], [0, 1, 0]]) if vertical else \
         np.float32([[1, 0, 0], [slant, 1, -slant * w / 2]])
     noise = cv2.warpAffine(noise, shear, (w, h), borderMode=cv2.BORDER_REFLECT)
-    return noise / max(float(noise.std()), 1e-6)
+    return noise / max(float(noise[::4, ::4].std()), 1e-6)
 
 
-def _blurred(mask: np.ndarray, sigma: float, small: int = 4) -> np.ndarray:
-    """A soft version of a mask as float32 in [0, 1], blurred at 1/``small`` resolution for speed."""
+def _blurred(mask: np.ndarray, sigma: float, out_shape: tuple[int, int], small: int = 4) -> np.ndarray:
+    """A soft version of a mask, float32 in [0, 1] of ``out_shape``, blurred at 1/``small`` resolution."""
     h, w = mask.shape
     low = cv2.resize(mask.view(np.uint8), (w // small, h // small), interpolation=cv2.INTER_AREA).astype(np.float32)
-    low = cv2.GaussianBlur(low, (0, 0), max(sigma / small, 0.5))
-    return cv2.resize(low, (w, h), interpolation=cv2.INTER_LINEAR)
+    if sigma > 0:
+        low = cv2.GaussianBlur(low, (0, 0), max(sigma / small, 0.5))
+    return cv2.resize(low, out_shape[::-1], interpolation=cv2.INTER_LINEAR)
 
 
 def _render(tree, masks: dict[str, np.ndarray], labels: np.ndarray, params: FaceParams, landmarks: np.ndarray,
@@ -280,23 +282,29 @@ def _render(tree, masks: dict[str, np.ndarray], labels: np.ndarray, params: Face
     bg = bg + 18 * _smooth_noise(rng, shape, size / 12)[..., None]
     np.copyto(image, bg, where=masks["background"][..., None])
 
-    # Height field: head and neck domes, nose ridge, lips and eyeballs; normals under one light.
+    # Height field (head dome, nose ridge, lips, eyeballs, hollows) and its shading under one light,
+    # computed at half resolution: the fields are smooth, so this loses nothing visible.
     head = masks["face"] & ~masks["context"]
-    height = _blurred(head & ~masks["hair"], iod * 0.45)
-    height += 0.15 * _blurred(masks["nose"], iod * 0.08, small=2)
-    height += 0.12 * _blurred(masks["lips"], iod * 0.05, small=2)
-    height += 0.25 * _blurred(masks["scalp_hair"], iod * 0.3)
-    height += 0.05 * _blurred(masks["eyes"], iod * 0.06, small=2)
-    height -= 0.12 * _blurred(masks["oral_cavity"] | masks["nostril_left"] | masks["nostril_right"], iod * 0.04, small=2)
-    gy, gx = np.gradient(height * (size / 12.0))
+    half = (size // 2, size // 2)
+    height = _blurred(head & ~masks["hair"], iod * 0.45, half)
+    height += 0.15 * _blurred(masks["nose"], iod * 0.08, half, small=2)
+    height += 0.12 * _blurred(masks["lips"], iod * 0.05, half, small=2)
+    height += 0.25 * _blurred(masks["scalp_hair"], iod * 0.3, half)
+    height += 0.05 * _blurred(masks["eyes"], iod * 0.06, half, small=2)
+    height -= 0.12 * _blurred(masks["oral_cavity"] | masks["nostril_left"] | masks["nostril_right"], iod * 0.04, half,
+                              small=2)
+    gy, gx = np.gradient(height * (size / 24.0))  # slopes per full-resolution pixel
     azimuth, elevation = params.light
     light = np.array([np.cos(azimuth) * np.cos(elevation * 1.2), np.sin(azimuth) * np.cos(elevation * 1.2) - 0.3,
                       1.6], np.float32)
     light /= np.linalg.norm(light)
     inv_norm = 1.0 / np.sqrt(gx * gx + gy * gy + 1.0)
     diffuse = np.clip((light[2] - gx * light[0] - gy * light[1]) * inv_norm, 0, 1)
-    specular = np.clip((1.0 - 0.5 * (gx * light[0] + gy * light[1])) * inv_norm, 0, 1) ** 40
-    gain = np.where(head, 0.55 + 0.5 * diffuse, 0.925 + 0.0825 * diffuse).astype(np.float32)
+    specular = _power40(np.clip((1.0 - 0.5 * (gx * light[0] + gy * light[1])) * inv_norm, 0, 1))
+    inside = _blurred(head, 0, half)
+    gain = inside * (0.55 + 0.5 * diffuse) + (1 - inside) * (0.925 + 0.0825 * diffuse)
+    gain = cv2.resize(gain.astype(np.float32), shape[::-1], interpolation=cv2.INTER_LINEAR)
+    specular = cv2.resize(specular.astype(np.float32), shape[::-1], interpolation=cv2.INTER_LINEAR)
 
     # Textures: pores and blotches on skin, strands on hair and brows, fabric on clothes.
     skin = _skin_lookup(tree)[labels]
@@ -320,10 +328,18 @@ def _render(tree, masks: dict[str, np.ndarray], labels: np.ndarray, params: Face
     shiny = (head & skin) | masks["eyes"] | masks["lips"] | masks["glasses"]
     image += np.where(shiny, 60 * specular, 0).astype(np.float32)[..., None]
 
-    # Camera: slight blur and sensor noise.
+    # Camera: slight blur and (luminance) sensor noise.
     image = cv2.GaussianBlur(image, (0, 0), 0.55)
-    image += 2.0 * rng.standard_normal(image.shape, dtype=np.float32)
+    image += 2.0 * rng.standard_normal((*shape, 1), dtype=np.float32)
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _power40(x: np.ndarray) -> np.ndarray:
+    """``x ** 40`` by repeated squaring: a sharp specular lobe without the cost of a general power."""
+    x2 = x * x
+    x8 = (x2 * x2) ** 2
+    x32 = (x8 * x8) ** 2
+    return x32 * x8
 
 
 def _eye_box(centre: np.ndarray, radius: float, shape: tuple[int, ...]) -> tuple[slice, slice]:

@@ -88,8 +88,9 @@ class PointTable:
             return weights, (0.0, 0.0)
         if isinstance(spec, (list, tuple)) and len(spec) == 3:
             a, b, t = spec
-            weights[_landmark_index(a)] += 1.0 - float(t)
-            weights[_landmark_index(b)] += float(t)
+            t = _number(t, "the fraction t of [a, b, t]")
+            weights[_landmark_index(a)] += 1.0 - t
+            weights[_landmark_index(b)] += t
             return weights, (0.0, 0.0)
         if isinstance(spec, Mapping) and len(spec) == 2 and {"at", "off"} == set(spec):
             weights, offset = self._parse(spec["at"])
@@ -119,6 +120,12 @@ def _landmark_index(value: Any) -> int:
     return int(value)
 
 
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def _pair(value: Any, what: str) -> np.ndarray:
     try:
         pair = np.asarray(value, dtype=np.float64)
@@ -127,6 +134,25 @@ def _pair(value: Any, what: str) -> np.ndarray:
     if pair.shape != (2,) or not np.all(np.isfinite(pair)):
         raise ValueError(f"'{what}' must be two numbers, got {value!r}")
     return pair
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"'{what}' must be true or false, got {value!r}")
+    return value
+
+
+def _name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"'{what}' must be an attribute name, got {value!r}")
+    return value
+
+
+# Checks of the parameters shared by recipe kinds, run when a tree loads so a bad value names its node.
+PARAMETER_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "axes": _pair, "near": _pair, "far": _pair, "width": _number, "angle": _number,
+    "smooth": _flag, "closed": _flag, "condition": _name,
+}
 
 
 def compile_recipe(recipe: Any, table: PointTable) -> dict[str, Any]:
@@ -144,6 +170,8 @@ def compile_recipe(recipe: Any, table: PointTable) -> dict[str, Any]:
     if missing:
         raise ValueError(f"recipe kind '{kind}' needs parameter(s) {sorted(missing)}")
     compiled = dict(recipe)
+    for key in PARAMETER_CHECKS.keys() & set(recipe):
+        PARAMETER_CHECKS[key](recipe[key], key)
     for key in ("clip", "minus"):
         names = recipe.get(key, [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):

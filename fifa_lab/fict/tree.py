@@ -14,6 +14,7 @@ what is visible, while :meth:`ConceptTree.masks` gives each concept's whole exte
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import json
@@ -231,7 +232,8 @@ class ConceptTree:
             if c.recipe is not None:
                 entry["recipe"] = dict(c.recipe)
             concepts.append(entry)
-        return {"name": self.name, "shapes": self.shapes, "concepts": concepts}
+        # A deep copy: the default tree is shared, so callers must not reach its internals.
+        return copy.deepcopy({"name": self.name, "shapes": self.shapes, "concepts": concepts})
 
 
 def load_tree(path: str | Path | None = None) -> ConceptTree:
@@ -258,7 +260,11 @@ def _load_tree_file(path: Path) -> ConceptTree:
 
 
 def tree_from_dict(data: Any, source: str = "<dict>") -> ConceptTree:
-    """Validate plain tree data (as in a tree file) and build the tree; TreeError names the bad node."""
+    """Validate plain tree data (as in a tree file) and build the tree; TreeError names the bad node.
+
+    The tree keeps its own copy, so later edits to ``data`` do not reach it.
+    """
+    data = copy.deepcopy(data)
     if not isinstance(data, Mapping) or not isinstance(data.get("concepts"), list) or not data["concepts"]:
         raise TreeError(f"{source}: a tree needs a non-empty 'concepts' list")
     shapes = data.get("shapes") or {}
@@ -320,8 +326,12 @@ def tree_from_dict(data: Any, source: str = "<dict>") -> ConceptTree:
     def layer_of(key: str) -> int:
         if key not in layers:
             entry = raw[key]
-            layers[key] = int(entry["layer"]) if "layer" in entry else (
-                0 if entry.get("parent") is None else layer_of(entry["parent"]))
+            if "layer" in entry:
+                if isinstance(entry["layer"], bool) or not isinstance(entry["layer"], int):
+                    raise TreeError(f"{source}: concept '{key}': layer must be an integer, got {entry['layer']!r}")
+                layers[key] = entry["layer"]
+            else:
+                layers[key] = 0 if entry.get("parent") is None else layer_of(entry["parent"])
         return layers[key]
 
     concepts = [Concept(c.id, c.name, c.parent, c.side, c.description, layer_of(c.id), c.recipe) for c in concepts]
