@@ -22,6 +22,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 from papermill.exceptions import PapermillExecutionError
 from papermill.translators import PythonTranslator
 
+from fifa_lab.io import write_json
+
 NOTEBOOKS: list[str] = [
     "01_fict_exploration",
     "02_forgery_synthesis",
@@ -148,13 +150,13 @@ def run_pipeline(
         else:
             # Forget the old record first so an interrupted run is never mistaken for a finished one.
             state.pop(name, None)
-            _write_json(state_path, state)
+            write_json(state_path, state)
             log(f"{tag}: running")
             start = time.perf_counter()
             _execute(name, sources[name], output, results, params, run_dir, kernel, timeout)
             result.durations[name] = time.perf_counter() - start
             state[name] = {"parameters": recorded}
-            _write_json(state_path, state)
+            write_json(state_path, state)
             upstream_ran = True
             log(f"{tag}: done in {result.durations[name]:.1f} s")
         result.notebooks[name] = output
@@ -227,12 +229,6 @@ def _execute(
             f"notebook {name} ran but did not write its results {results}; every notebook ends by "
             f"writing <stem>.json into run_dir. Executed notebook: {output}"
         )
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _report(result: PipelineResult, log: Callable[[str], Any]) -> None:
