@@ -119,3 +119,15 @@ def mean_shape() -> np.ndarray:
     eye_left = _mirror([_EYE_RIGHT[i] for i in (3, 2, 1, 0, 5, 4)])
     points = np.concatenate([jaw_curve(), _BROWS_RIGHT, brows_left, _NOSE, _EYE_RIGHT, eye_left, _MOUTH])
     return points.astype(np.float64)
+
+
+# Depth of each landmark out of the image plane (IODs) on a frontal face: turning the head by a yaw angle
+# moves a point sideways by depth * sin(yaw).
+LANDMARK_DEPTH = np.concatenate([
+    -0.55 * np.cos(np.linspace(0, np.pi, 17)) ** 2 + 0.1,  # jaw: ears far back, chin forward
+    [0.15, 0.25, 0.32, 0.36, 0.38, 0.38, 0.36, 0.32, 0.25, 0.15],  # brows
+    [0.45, 0.55, 0.68, 0.8, 0.5, 0.55, 0.6, 0.55, 0.5],  # nose
+    [0.15, 0.25, 0.27, 0.28, 0.27, 0.25] * 2,  # eyes
+    [0.35, 0.45, 0.5, 0.52, 0.5, 0.45, 0.35, 0.45, 0.5, 0.52, 0.5, 0.45],  # outer lips
+    [0.38, 0.46, 0.48, 0.46, 0.38, 0.46, 0.48, 0.46],  # inner lips
+])

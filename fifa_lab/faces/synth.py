@@ -23,7 +23,7 @@ import numpy as np
 
 from fifa_lab.faces.face import Face
 from fifa_lab.fict import load_tree
-from fifa_lab.ibug68 import CANONICAL_EYE_MIDPOINT, CANONICAL_IOD, jaw_curve, mean_shape
+from fifa_lab.ibug68 import CANONICAL_EYE_MIDPOINT, CANONICAL_IOD, LANDMARK_DEPTH, jaw_curve, mean_shape
 
 # Skin tones from light to deep (RGB), sampled with jitter so the set is continuous.
 SKIN_TONES = np.array([[247, 216, 196], [236, 192, 160], [224, 172, 134], [198, 142, 104],
@@ -32,15 +32,6 @@ HAIR_COLOURS = np.array([[28, 22, 20], [62, 42, 30], [110, 74, 44], [170, 128, 7
                          [150, 62, 30], [170, 170, 170], [235, 235, 230], [60, 60, 140]], dtype=np.float32)
 IRIS_COLOURS = np.array([[70, 42, 24], [110, 70, 36], [70, 110, 60], [80, 120, 170], [110, 120, 130],
                          [140, 110, 60]], dtype=np.float32)
-# Depth of each landmark out of the image plane (IODs), used to turn the head by a yaw angle.
-_DEPTH = np.concatenate([
-    -0.55 * np.cos(np.linspace(0, np.pi, 17)) ** 2 + 0.1,  # jaw: ears far back, chin forward
-    [0.15, 0.25, 0.32, 0.36, 0.38, 0.38, 0.36, 0.32, 0.25, 0.15],  # brows
-    [0.45, 0.55, 0.68, 0.8, 0.5, 0.55, 0.6, 0.55, 0.5],  # nose
-    [0.15, 0.25, 0.27, 0.28, 0.27, 0.25] * 2,  # eyes
-    [0.35, 0.45, 0.5, 0.52, 0.5, 0.45, 0.35, 0.45, 0.5, 0.52, 0.5, 0.45],  # outer lips
-    [0.38, 0.46, 0.48, 0.46, 0.38, 0.46, 0.48, 0.46],  # inner lips
-])
 
 # Material of each concept of the default tree: the first of the leaf and its ancestors listed here.
 _MATERIALS = {
@@ -162,7 +153,7 @@ def face_landmarks(params: FaceParams, size: int) -> np.ndarray:
     shape[[48, 54, 60, 64], 1] += p.mouth_gap / 2
     shape[4:13, 1] += p.mouth_gap * 0.6 * np.sin(np.linspace(0, np.pi, 9))
     # Yaw: points move sideways with their depth.
-    shape[:, 0] = shape[:, 0] * np.cos(p.yaw) + _DEPTH * np.sin(p.yaw)
+    shape[:, 0] = shape[:, 0] * np.cos(p.yaw) + LANDMARK_DEPTH * np.sin(p.yaw)
     iod_px = CANONICAL_IOD * size * p.scale
     rotation = np.array([[np.cos(p.roll), -np.sin(p.roll)], [np.sin(p.roll), np.cos(p.roll)]])
     origin = (np.array(CANONICAL_EYE_MIDPOINT) + p.shift) * size

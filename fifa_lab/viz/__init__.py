@@ -1,4 +1,5 @@
-"""Matplotlib pictures of concepts: colours, mask overlays, label maps and face galleries."""
+"""Matplotlib pictures: concept colours, mask overlays, label maps, face and forgery galleries."""
+from fifa_lab.viz.forgery import difference_map, forgery_gallery
 from fifa_lab.viz.overlay import (
     concept_colours,
     depth_masks,
@@ -8,4 +9,5 @@ from fifa_lab.viz.overlay import (
     overlay,
 )
 
-__all__ = ["concept_colours", "depth_masks", "distinct_colours", "face_gallery", "label_map_image", "overlay"]
+__all__ = ["concept_colours", "depth_masks", "difference_map", "distinct_colours", "face_gallery", "forgery_gallery",
+           "label_map_image", "overlay"]
