@@ -38,11 +38,11 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
 PROFILES: dict[str, dict[str, Any]] = {
     # smoke: seconds per notebook, for tests and CI.
-    "smoke": {"seed": 0, "n_faces": 2},
+    "smoke": {"seed": 0, "n_faces": 2, "reliability_faces": 2, "dataset_faces": 6},
     # default: the run `make pipeline` does on a 2-core CPU.
-    "default": {"seed": 0, "n_faces": 8},
+    "default": {"seed": 0, "n_faces": 8, "reliability_faces": 25, "dataset_faces": 1500},
     # full: bigger data and longer training, for a workstation or GPU.
-    "full": {"seed": 0, "n_faces": 16},
+    "full": {"seed": 0, "n_faces": 16, "reliability_faces": 100, "dataset_faces": 5000},
 }
 """Profile name -> papermill parameters shared by all notebooks (the one place for profile-sized knobs)."""
 
