@@ -123,3 +123,39 @@ def test_reliability_report_scores_every_class_and_rule(tree):
     # The published rule is the weakest at outlining the manipulated pixels.
     assert report["overall"]["top5"]["mask_iou"] < report["overall"]["adaptive"]["mask_iou"]
     assert "best rule" in format_report(report)
+
+
+def _tiny_local_lm(folder):
+    """A randomly initialised 1-layer GPT-2 and a word-level tokenizer, saved like any local HF model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    corpus = ["the left eye shows blur <p> </p> [SEG] rewrite this deepfake explanation in fluent english"]
+    words.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "[EOS]"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]", pad_token="[PAD]",
+                                        eos_token="[EOS]")
+    tokenizer.save_pretrained(folder)
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_head=2, n_embd=32, n_positions=256,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_lm_rewrite_loads_a_local_model_and_never_breaks_the_grounding(tmp_path, face):
+    from fifa_lab.annotate.explain import grounded_phrases, rewrite_with_lm, strip_grounding
+
+    fake = forge(face, "FE", "lip_colour", seed=0)
+    notes = annotate(fake.fake, fake.real, label_map=face.label_map)
+    model = str(_tiny_local_lm(tmp_path / "lm"))
+    text, rewritten = rewrite_with_lm(notes.text, model, max_new_tokens=12)
+    # A random model cannot keep the <p>/[SEG] structure, so the template text must come back.
+    assert not rewritten and text == notes.text
+    assert grounded_phrases(text) == [s.phrase for s in notes.segments]
+    with pytest.raises(FileNotFoundError, match="pass the folder"):
+        rewrite_with_lm(notes.text, str(tmp_path / "missing"))
+    # Through annotate() too: the same grounded text, the model loaded once.
+    again = annotate(fake.fake, fake.real, label_map=face.label_map, rewrite_model=model)
+    assert again.text == notes.text and again.toe_text == notes.toe_text
+    assert strip_grounding(notes.text) == notes.toe_text

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from fifa_lab.annotate.attributes import Thresholds, measure
-from fifa_lab.annotate.explain import Segment, check_age, compose
+from fifa_lab.annotate.explain import Segment, check_age, compose, rewrite_with_lm, strip_grounding
 from fifa_lab.annotate.mask import ImagePair, get_rule
 from fifa_lab.fict.coverage import MIN_COVERAGE, MIN_SHARE, concepts_in_region
 from fifa_lab.fict.tree import ConceptTree, load_tree
@@ -42,7 +42,8 @@ def annotate(fake: np.ndarray, real: np.ndarray | None = None, mask: np.ndarray 
              landmarks: np.ndarray | None = None, *, label_map: np.ndarray | None = None,
              tree: ConceptTree | None = None, rule: str = "adaptive", seed: int = 0,
              min_coverage: float = MIN_COVERAGE, min_share: float = MIN_SHARE,
-             thresholds: Thresholds = Thresholds(), attributes: dict | None = None) -> Annotation:
+             thresholds: Thresholds = Thresholds(), attributes: dict | None = None,
+             rewrite_model: str | None = None) -> Annotation:
     """Annotate a fake against its real source (or a given artifact mask).
 
     Args:
@@ -55,6 +56,8 @@ def annotate(fake: np.ndarray, real: np.ndarray | None = None, mask: np.ndarray 
         seed: picks the phrasings.
         min_coverage, min_share: the concept rule (:mod:`fifa_lab.fict.coverage`).
         attributes: conditional face attributes for drawing the label map from landmarks.
+        rewrite_model: folder of a local causal LM that rephrases the text (kept only when it keeps
+            every grounded phrase; see :func:`fifa_lab.annotate.explain.rewrite_with_lm`).
 
     Raises:
         ValueError: nothing to compare (no real and no mask), sizes that differ, or no way to name
@@ -94,6 +97,9 @@ def annotate(fake: np.ndarray, real: np.ndarray | None = None, mask: np.ndarray 
                        np.bincount(np.where(label_map < 0, n, label_map).ravel(), minlength=n + 1)[:n].tolist()))
     concept_masks = {h.concept: mask & (label_map == tree.leaf_index[h.concept]) for h in hits}
     text, toe_text, segments = compose(tree, measured, concept_masks, visible, seed)
+    if rewrite_model is not None:
+        text, rewritten = rewrite_with_lm(text, rewrite_model)
+        toe_text = strip_grounding(text) if rewritten else toe_text
     check_age(text, len(segments))
     concepts = [{"concept": h.concept, "coverage": round(h.coverage, 4), "artifacts": measured[h.concept]["artifacts"]}
                 for h in hits]

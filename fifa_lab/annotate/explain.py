@@ -2,12 +2,16 @@
 
 Concepts are named with the tree's readable names; when most of a parent's visible leaves are hit, the
 parent is named instead ("the left eye" rather than six eye parts). Phrasings are drawn from several
-templates per part with a seeded generator, so a dataset's texts vary but are reproducible.
+templates per part with a seeded generator, so a dataset's texts vary but are reproducible. A local
+causal LM may rephrase a text (:func:`rewrite_with_lm`); it is never required and never downloaded.
 """
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -103,8 +107,67 @@ def _capitalise(sentence: str) -> str:
     return sentence[0].upper() + sentence[1:]
 
 
+def strip_grounding(text: str) -> str:
+    """The text-only (TOE) form of an AGE text: tags and ``[SEG]`` removed."""
+    return re.sub(r"\s+", " ", text.replace("<p>", "").replace("</p>", "").replace("[SEG]", "")).replace(" .", ".").strip()
+
+
 def check_age(text: str, n_masks: int) -> None:
     """Raise ValueError unless every ``<p>..</p>`` is followed by one ``[SEG]`` and they match ``n_masks``."""
     phrases, segs = text.count("<p>"), text.count("[SEG]")
     if phrases != text.count("</p>") or phrases != segs or segs != n_masks:
         raise ValueError(f"AGE text has {phrases} <p>, {text.count('</p>')} </p> and {segs} [SEG] for {n_masks} masks")
+
+
+@functools.lru_cache(maxsize=2)
+def _local_lm(model_path: str):
+    """Tokenizer and model of a local causal LM, loaded once per path (annotating a dataset reuses them)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(model_path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no Hugging Face model at {path} (config.json missing): pass the folder of a "
+                                "local causal LM saved with save_pretrained, or leave the rewrite off")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return tokenizer, AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+
+
+REWRITE_PROMPT = ("Rewrite this deepfake explanation in fluent English. Keep every <p>...</p> [SEG] exactly as it is "
+                  "and in the same order.\nExplanation: {text}\nRewritten:")
+
+
+def grounded_phrases(text: str) -> list[str]:
+    """The ``<p>...</p>`` phrases of an AGE text, in order, each required to be followed by ``[SEG]``."""
+    phrases, rest = [], text
+    while "<p>" in rest:
+        start = rest.index("<p>") + 3
+        end = rest.find("</p>", start)
+        if end < 0 or not rest[end + 4:].lstrip().startswith("[SEG]"):
+            raise ValueError("a <p> phrase is not closed or not followed by [SEG]")
+        phrases.append(rest[start:end])
+        rest = rest[end + 4:]
+    return phrases
+
+
+def rewrite_with_lm(text: str, model_path: str, max_new_tokens: int = 96) -> tuple[str, bool]:
+    """Rephrase an AGE text with a local Hugging Face causal LM; returns ``(text, rewritten)``.
+
+    The model and tokenizer load only from ``model_path`` (``local_files_only``; nothing is downloaded).
+    The rewrite is kept only when it has the same grounded phrases in the same order, each followed by
+    one ``[SEG]``; otherwise the template text comes back unchanged and ``rewritten`` is False, so the
+    i-th ``[SEG]`` always owns the i-th mask.
+    """
+    import torch
+
+    tokenizer, model = _local_lm(str(model_path))
+    inputs = tokenizer(REWRITE_PROMPT.format(text=text), return_tensors="pt")
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    candidate = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    try:
+        if candidate and grounded_phrases(candidate) == grounded_phrases(text):
+            return candidate, True
+    except ValueError:
+        pass
+    return text, False
