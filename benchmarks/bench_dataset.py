@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fifa_lab.io import write_json
+
 
 def _folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -79,10 +81,7 @@ def main() -> None:
               f"peak memory x{last['peak_rss_mib'] / first['peak_rss_mib']:.2f}")
     record = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "python": platform.python_version(), "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, args.out)
+    write_json(args.out, record)
     print(f"wrote {args.out}")
 
 

@@ -333,7 +333,7 @@ def test_build_writes_loadable_datasets_and_a_matching_card(built):
     split = max(SPLITS, key=lambda s: len(data.samples[s]))
     for sample in data.samples[split].select(range(0, len(data.samples[split]), 11)):
         assert data.images[split][sample["image_index"]]["image_id"] == sample["image_id"]
-    assert not list((built / "data").glob(".tmp-*"))
+    assert sorted(p.name for p in (built / "data").iterdir()) == ["data_card.json", "images", "samples"]
 
 
 def test_same_seed_same_data_and_a_second_call_skips(built, tmp_path, monkeypatch):
@@ -351,7 +351,7 @@ def test_same_seed_same_data_and_a_second_call_skips(built, tmp_path, monkeypatc
 
 def test_interrupted_build_leaves_no_partial_dataset_and_resumes(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    leftover = run_dir / "data" / ".tmp-images-dead"  # as if a process was killed mid-write
+    leftover = run_dir / "data" / ".images.tmp-99999"  # as if a process was killed mid-write
     leftover.mkdir(parents=True)
     calls = {"n": 0}
 
@@ -386,7 +386,7 @@ def test_interrupted_build_leaves_no_partial_dataset_and_resumes(tmp_path, monke
     _build(run_dir)
     assert (data_dir / "images" / "fifa_build.json").stat().st_mtime_ns == stamp
     assert load_datasets(run_dir).card["totals"]["images"] == 2 * N_FACES
-    assert not list(data_dir.glob(".tmp-*"))
+    assert sorted(p.name for p in data_dir.iterdir()) == ["data_card.json", "images", "samples"]
 
 
 def test_changed_parameters_rebuild(tmp_path):

@@ -783,3 +783,19 @@ GOLDEN_AREAS = {
 
 def test_golden_mask_areas(frontal_masks):
     assert {key: int(frontal_masks[key].sum()) for key in GOLDEN_AREAS} == GOLDEN_AREAS
+
+
+def test_masks_are_freed_without_waiting_for_the_garbage_collector(tree, frontal):
+    # A dataset build draws thousands of mask sets; a reference cycle would keep each one (~9 MB)
+    # alive until a rare full collection.
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        masks = tree.masks(frontal, HW)
+        drawn = weakref.ref(masks["nose_tip"].base)
+        del masks
+        assert drawn() is None
+    finally:
+        gc.enable()

@@ -10,17 +10,17 @@ How it scales: image records come from ``Dataset.from_generator`` (rows stream t
 batches; ``num_proc`` processes each generate a shard of faces), samples from a batched ``.map`` over the
 image records (the images themselves are never decoded for it). Memory stays flat in the number of faces.
 
-Nothing lost: each dataset is written to a temporary folder beside its final place and moved there with
-``os.replace`` once complete, with its build parameters (``fifa_build.json``) inside; a later call with
-the same parameters skips a finished dataset, so an interrupted build resumes at the dataset it was
-writing, and leftovers of an interrupted build are removed. One build per run folder at a time.
+Nothing lost: each dataset is written through :func:`fifa_lab.io.atomic_path` (a temporary folder
+beside its final place, moved there once complete) with its build parameters (``fifa_build.json``)
+inside; a later call with the same parameters skips a finished dataset, so an interrupted build resumes
+at the dataset it was writing, and leftovers of an interrupted build are removed. One build per run
+folder at a time.
 
 Same seed, same data: face ``i`` is ``synth_face`` of a seed drawn from ``(seed, i)``, its fakes and
 their samples likewise, so the data does not depend on ``num_proc``, batch sizes or build order.
 """
 from __future__ import annotations
 
-import gc
 import hashlib
 import importlib.metadata
 import json
@@ -28,9 +28,9 @@ import logging
 import os
 import platform
 import shutil
-import uuid
+import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,16 +51,15 @@ from fifa_lab.data.records import (
 from fifa_lab.faces import synth_face
 from fifa_lab.fict import load_tree
 from fifa_lab.forge import forge
-from fifa_lab.io import write_json
+from fifa_lab.io import atomic_path, write_json
 from fifa_lab.tasks import FIFA11, SAMPLE_FEATURES, TASKS, build_samples
 
 log = logging.getLogger(__name__)
 
 PARAMS_FILE = "fifa_build.json"
 CARD_FILE = "data_card.json"
-TMP_PREFIX = ".tmp-"
+SCRATCH_PREFIX = ".scratch-"  # datasets' cache files while a build runs, beside the outputs
 IMAGE_ROWS_PER_SHARD = 128  # image records per saved Arrow file (~20 MB at 256 px)
-GC_EVERY = 16  # faces between full garbage collections while generating records
 FAKE_CLASSES = ("FS", "FR", "FE", "EFS")
 # Columns the task builders read; the image column is left out so the sample map never decodes images.
 SAMPLE_INPUTS = ("image_id", "label", "forgery_class", "label_map", "artifact_mask", "explanation", "split")
@@ -140,16 +139,9 @@ def _generate_records(shards: list[list[int]], config: str) -> Iterator[dict[str
     ``shards`` is a list so that ``num_proc`` processes can each take a slice of it.
     """
     settings = json.loads(config)
-    done = 0
     for shard in shards:
         for index in shard:
             yield from face_records(index, settings)
-            done += 1
-            if done % GC_EVERY == 0:
-                # Per-face garbage caught in reference cycles (megabytes of masks) survives into the
-                # oldest GC generation, which Python rarely collects in a big heap; collecting now and
-                # then keeps a long build's memory flat for a few ms per face.
-                gc.collect()
 
 
 def _samples_batch(batch: dict[str, list], indices: list[int], seed: int, tasks: list[str]) -> dict[str, list]:
@@ -194,29 +186,15 @@ def _finished(path: Path, params: dict[str, Any]) -> bool:
         return False
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    """Move the finished folder ``tmp`` to ``final``, replacing an older dataset there.
-
-    ``os.replace`` cannot replace a non-empty folder, so an old dataset is first renamed aside and
-    deleted only once the new one is in place.
-    """
-    old = None
-    if final.exists():
-        old = final.with_name(f"{TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _clean_leftovers(root: Path) -> None:
-    """Remove temporary folders and files of builds that were interrupted."""
-    for leftover in root.glob(f"{TMP_PREFIX}*"):
-        log.info("removing %s left by an interrupted build", leftover)
-        if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            leftover.unlink(missing_ok=True)
+    """Remove what a killed build left: temporaries of :func:`fifa_lab.io.atomic_path` and scratch folders."""
+    for pattern in (".*.tmp-*", ".*.old-*", f"{SCRATCH_PREFIX}*"):
+        for leftover in root.glob(pattern):
+            log.info("removing %s left by an interrupted build", leftover)
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 # --- building -----------------------------------------------------------------------------------------
@@ -229,7 +207,7 @@ def _split_indices(n_faces: int, seed: int, ratios: Sequence[float]) -> dict[str
     return by_split
 
 
-def _build_images(tmp: Path, params: dict[str, Any], num_proc: int, batch_size: int) -> None:
+def _build_images(out: Path, scratch: Path, params: dict[str, Any], num_proc: int, batch_size: int) -> None:
     config = json.dumps({k: params[k] for k in ("seed", "size", "classes", "fakes_per_face", "post")})
     splits = {}
     for split, indices in _split_indices(params["n_faces"], params["seed"], params["ratios"]).items():
@@ -240,10 +218,10 @@ def _build_images(tmp: Path, params: dict[str, Any], num_proc: int, batch_size: 
         shards = [list(map(int, part)) for part in np.array_split(indices, procs)]
         fingerprint = hashlib.sha256(f"{config}|{split}|{shards}".encode("utf-8")).hexdigest()[:32]
         splits[split] = Dataset.from_generator(
-            _generate_records, features=IMAGE_FEATURES, cache_dir=str(tmp / "cache"), split=split,
+            _generate_records, features=IMAGE_FEATURES, cache_dir=str(scratch), split=split,
             gen_kwargs={"shards": shards, "config": config}, num_proc=procs if procs > 1 else None,
             fingerprint=fingerprint, writer_batch_size=batch_size)
-    _save(DatasetDict(splits), tmp / "dataset", rows_per_shard=IMAGE_ROWS_PER_SHARD)
+    _save(DatasetDict(splits), out, rows_per_shard=IMAGE_ROWS_PER_SHARD)
 
 
 def _empty(features: Features) -> Dataset:
@@ -263,8 +241,8 @@ def _save(datasets: DatasetDict, path: Path, rows_per_shard: int | None = None) 
     datasets.save_to_disk(str(path), num_shards=shards)
 
 
-def _build_samples(tmp: Path, images: DatasetDict, params: dict[str, Any], num_proc: int, batch_size: int) -> None:
-    (tmp / "cache").mkdir(parents=True, exist_ok=True)
+def _build_samples(out: Path, scratch: Path, images: DatasetDict, params: dict[str, Any], num_proc: int,
+                   batch_size: int) -> None:
     splits = {}
     for split, dataset in images.items():
         if len(dataset) == 0:
@@ -276,23 +254,27 @@ def _build_samples(tmp: Path, images: DatasetDict, params: dict[str, Any], num_p
             remove_columns=list(SAMPLE_INPUTS), features=SAMPLE_FEATURES,
             fn_kwargs={"seed": params["seed"], "tasks": params["tasks"]},
             num_proc=num_proc if num_proc > 1 and len(dataset) > 1 else None,
-            cache_file_name=str(tmp / "cache" / f"{split}.arrow"), writer_batch_size=batch_size * 16,
+            cache_file_name=str(scratch / f"{split}.arrow"), writer_batch_size=batch_size * 16,
             load_from_cache_file=False, desc=f"FiFa samples ({split})")
-    _save(DatasetDict(splits), tmp / "dataset")
+    _save(DatasetDict(splits), out)
 
 
-def _build_step(root: Path, final: Path, params: dict[str, Any], make: Any) -> bool:
-    """Run ``make(tmp)`` unless ``final`` is finished with ``params``; publish atomically. True if built."""
+def _build_step(root: Path, final: Path, params: dict[str, Any], make: Callable[[Path, Path], None]) -> bool:
+    """Run ``make(out, scratch)`` unless ``final`` is finished with ``params``; True if it built.
+
+    ``out`` becomes ``final`` (with ``params`` inside) only once complete; ``scratch`` holds datasets'
+    intermediate Arrow files and is removed either way.
+    """
     if _finished(final, params):
         log.info("%s is up to date, skipping", final)
         return False
-    tmp = root / f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=root))
     try:
-        make(tmp)
-        write_json(tmp / "dataset" / PARAMS_FILE, params)
-        _publish(tmp / "dataset", final)
+        with atomic_path(final) as out:
+            make(out, scratch)
+            write_json(out / PARAMS_FILE, params)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return True
 
 
@@ -346,10 +328,11 @@ def build_dataset(run_dir: str | os.PathLike, n_faces: int, seed: int = 0, size:
     sample_params = {**image_params, "tasks": task_ids, "task_signature": _task_signature(task_ids)}
 
     built = _build_step(paths.root, paths.images, image_params,
-                        lambda tmp: _build_images(tmp, image_params, num_proc, batch_size))
+                        lambda out, scratch: _build_images(out, scratch, image_params, num_proc, batch_size))
     images = load_from_disk(str(paths.images))
     built |= _build_step(paths.root, paths.samples, sample_params,
-                         lambda tmp: _build_samples(tmp, images, sample_params, num_proc, batch_size))
+                         lambda out, scratch: _build_samples(out, scratch, images, sample_params, num_proc,
+                                                             batch_size))
     if built or not _card_matches(paths.card, sample_params):
         write_json(paths.card, data_card(images, load_from_disk(str(paths.samples)), sample_params))
     return paths

@@ -37,9 +37,10 @@ from fifa_lab.data.records import (
 )
 from fifa_lab.faces import ImageError, NoFaceError, detect_face, load_image
 # The fake's own crop warp (area-averaged when shrinking): the real frame must be resampled identically.
-from fifa_lab.faces.photo import _warp as warp_to_crop
+from fifa_lab.faces.photo import warp_to_crop
 from fifa_lab.fict import load_tree
 from fifa_lab.fict.coverage import concepts_in_region
+from fifa_lab.io import write_json
 from fifa_lab.tasks.registry import IMAGE_TOKEN, REGION_TOKEN, SAMPLE_FEATURES, SEG_TOKEN
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,7 @@ def export_dfa_instruct(samples: Iterable[Mapping[str, Any]], path: str | Path, 
 
     Args:
         samples: FiFa samples (dicts as in the sample dataset).
-        path: output JSON file; written atomically.
+        path: output JSON file, written atomically.
         image_dir: the ``image`` field is ``<image_dir>/<image_id>.png``, relative to the JSON's folder.
         images: image records (e.g. a split of the image dataset); when given, their PNGs are written
             under ``path.parent / image_dir``.
@@ -299,9 +300,7 @@ def export_dfa_instruct(samples: Iterable[Mapping[str, Any]], path: str | Path, 
         folder.mkdir(parents=True, exist_ok=True)
         for record in images:
             (folder / f"{record['image_id']}.png").write_bytes(png_bytes(image_array(record["image"])))
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(conversations, indent=1), encoding="utf-8")
-    tmp.replace(path)
+    write_json(path, conversations)
     counts = {subset: sum(c["subset"] == subset for c in conversations) for subset in DFA_SUBSETS}
     return {**counts, "skipped": skipped}
 

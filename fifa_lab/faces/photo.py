@@ -46,7 +46,7 @@ def _similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, translation[:, None]])
 
 
-def _warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+def warp_to_crop(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     """Warp ``(H, W, 3)`` ``image`` by the ``(2, 3)`` ``matrix`` into a ``size`` x ``size`` crop."""
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
     if scale < 1.0:
@@ -102,7 +102,7 @@ def detect_face(image: ImageSource, size: int = 256, backend: str = "dlib", inde
         raise NoFaceError(f"face index {index} requested but only {len(detections)} face(s) found") from None
 
     matrix = align_landmarks(detection.landmarks, size)
-    aligned = _warp(rgb, matrix, size)
+    aligned = warp_to_crop(rgb, matrix, size)
     landmarks = (detection.landmarks.astype(np.float64) @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
     attributes = {name: False for name in _PHOTO_ATTRIBUTES}
     label_map = load_tree().label_map(landmarks, (size, size), attributes)

@@ -157,10 +157,15 @@ class ConceptTree:
                 drawn[name] = self._union(name, resolve) if recipe is None else geometry.draw(ctx, recipe, resolve)
             return drawn[name]
 
-        for leaf in self._leaves:
-            resolve(leaf)
-        for parent in self._bottom_up:
-            resolve(parent)
+        try:
+            for leaf in self._leaves:
+                resolve(leaf)
+            for parent in self._bottom_up:
+                resolve(parent)
+        finally:
+            # resolve refers to itself; breaking that cycle lets the ~9 MB of masks of a call go as soon as
+            # the caller drops them instead of at the next full garbage collection.
+            del resolve
         # Drawn masks hold 0/1 bytes, so a bool view is exact and costs no copy.
         return {i: drawn[i].view(bool) for i in self._order}
 
