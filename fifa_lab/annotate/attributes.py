@@ -3,17 +3,19 @@
 Every measure compares the fake with the real inside the artifact mask, one concept at a time, and is
 computed for all concepts at once with ``np.bincount`` over the label map (one pass per measure):
 
-* ``sharpness``: energy of the Laplacian, fake / real (< ``BLUR_RATIO``: blur; > ``NOISE_RATIO``: noise);
+* ``sharpness``: energy of the Laplacian, fake / real (< ``BLUR_RATIO``: blur, and below
+  ``SMOOTH_SKIN_RATIO`` on skin also a texture anomaly; > ``NOISE_RATIO``: noise, unless a grid explains it);
 * ``colour_shift``: mean Lab chroma change in Delta-E units (> ``COLOUR_JND`` x 3: colour mismatch);
 * ``luminance_shift``: mean L change (> ``LIGHT_SHIFT``: lighting inconsistency);
 * ``seam``: extra gradient on the mask boundary, fake minus real, grey levels (> ``SEAM_GRADIENT``: seam);
 * ``grid``: energy of a 2x2 checkerboard filter, fake / real (> ``GRID_RATIO``: grid pattern);
-* ``structure``: mean gradient change not explained by colour, grey levels (> ``STRUCTURE_CHANGE``:
-  shape distortion);
-* ``asymmetry``: for sided concepts, how much more the concept now differs from its mirror twin
-  (Delta-E; > ``ASYMMETRY_JND``: asymmetry).
+* ``structure``: mean gradient change not explained by colour, blur or a grid, grey levels
+  (> ``STRUCTURE_CHANGE``: shape distortion);
+* ``asymmetry``: for sided concepts whose twin was left alone, how much more the concept now differs
+  from its mirror twin (Delta-E; > ``ASYMMETRY_JND``: asymmetry).
 
-Thresholds were set on synthetic forgeries (see notebook 03's reliability report) and are parameters.
+Thresholds were set on synthetic forgeries against their ground-truth artifact types (precision and
+recall per type; see notebook 03's reliability report) and are parameters.
 """
 from __future__ import annotations
 
@@ -27,19 +29,21 @@ from fifa_lab.annotate.mask import ImagePair
 from fifa_lab.fict.tree import ConceptTree
 
 BLUR_RATIO = 0.6
+SMOOTH_SKIN_RATIO = 0.35  # skin this much smoother than its source looks plastic
 NOISE_RATIO = 1.8
 COLOUR_JND = 2.3
-LIGHT_SHIFT = 8.0
+LIGHT_SHIFT = 15.0
 SEAM_GRADIENT = 6.0
 GRID_RATIO = 1.6
-STRUCTURE_CHANGE = 6.0
-ASYMMETRY_JND = 6.0
+STRUCTURE_CHANGE = 12.0
+ASYMMETRY_JND = 12.0
 SKIN = ("forehead", "cheeks", "chin_jaw", "nose", "philtrum")
 
 
 @dataclass(frozen=True)
 class Thresholds:
     blur_ratio: float = BLUR_RATIO
+    smooth_skin_ratio: float = SMOOTH_SKIN_RATIO
     noise_ratio: float = NOISE_RATIO
     colour: float = 3 * COLOUR_JND
     light: float = LIGHT_SHIFT
@@ -97,14 +101,17 @@ def measure(pair: ImagePair, mask: np.ndarray, label_map: np.ndarray, tree: Conc
 
     skin = set(leaf.id for region in SKIN if region in tree for leaf in tree.leaves(region))
     out: dict[str, dict] = {}
+    hit = set(concepts)
     for concept in concepts:
         k = tree.leaf_index[concept]
         artifacts = []
-        if sharp[k] < thresholds.blur_ratio:
+        blurred = sharp[k] < thresholds.blur_ratio
+        gridded = grid[k] > thresholds.grid
+        if blurred:
             artifacts.append("blur")
-            if concept in skin:
+            if concept in skin and sharp[k] < thresholds.smooth_skin_ratio:
                 artifacts.append("texture_anomaly")
-        elif sharp[k] > thresholds.noise_ratio:
+        elif sharp[k] > thresholds.noise_ratio and not gridded:
             artifacts.append("noise_inconsistency")
         if colour[k] > thresholds.colour:
             artifacts.append("colour_mismatch")
@@ -112,16 +119,16 @@ def measure(pair: ImagePair, mask: np.ndarray, label_map: np.ndarray, tree: Conc
             artifacts.append("lighting_inconsistency")
         if seam[k] > thresholds.seam:
             artifacts.append("blending_seam")
-        if grid[k] > thresholds.grid:
+        if gridded:
             artifacts.append("grid_pattern")
-        if structure[k] > thresholds.structure and colour[k] < thresholds.colour:
+        if structure[k] > thresholds.structure and colour[k] < thresholds.colour and not (blurred or gridded):
             artifacts.append("shape_distortion")
         twin = _twin(tree, concept)
         asym = 0.0
         if twin is not None:
             j = tree.leaf_index[twin]
             asym = float(np.linalg.norm(mean_f[k] - mean_f[j]) - np.linalg.norm(mean_r[k] - mean_r[j]))
-            if asym > thresholds.asymmetry:
+            if asym > thresholds.asymmetry and twin not in hit:
                 artifacts.append("asymmetry")
         out[concept] = {
             "artifacts": artifacts,
