@@ -785,17 +785,25 @@ def test_golden_mask_areas(frontal_masks):
     assert {key: int(frontal_masks[key].sum()) for key in GOLDEN_AREAS} == GOLDEN_AREAS
 
 
-def test_masks_are_freed_without_waiting_for_the_garbage_collector(tree, frontal):
-    # A dataset build draws thousands of mask sets; a reference cycle would keep each one (~9 MB)
-    # alive until a rare full collection.
+def test_repeated_mask_sets_reuse_memory_but_never_a_kept_mask(tree, frontal):
+    # A dataset build draws thousands of mask sets: their memory must be reused at once (no reference
+    # cycle waiting for the garbage collector, no growth), yet masks a caller keeps must stay intact.
     import gc
-    import weakref
+    import tracemalloc
 
+    kept = tree.masks(frontal, HW)
+    expected = {k: v.copy() for k, v in kept.items()}
+    moved = frontal + np.array([9.0, 4.0])
     gc.disable()
+    tracemalloc.start()
     try:
-        masks = tree.masks(frontal, HW)
-        drawn = weakref.ref(masks["nose_tip"].base)
-        del masks
-        assert drawn() is None
+        tree.masks(moved, HW)
+        baseline = tracemalloc.get_traced_memory()[0]
+        for _ in range(20):
+            tree.masks(moved, HW)
+        growth = tracemalloc.get_traced_memory()[0] - baseline
     finally:
+        tracemalloc.stop()
         gc.enable()
+    assert growth < 2 * 2**20, f"{growth / 2**20:.1f} MiB kept by 20 dropped mask sets"
+    assert all(np.array_equal(kept[k], expected[k]) for k in expected)

@@ -23,6 +23,8 @@ Recipes are compiled once when a tree loads: every point of every recipe becomes
 from __future__ import annotations
 
 import functools
+import sys
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -204,11 +206,51 @@ def mouth_gap(landmarks: np.ndarray) -> float:
     return float(np.mean(inner[[7, 6, 5], 1] - inner[[1, 2, 3], 1]))
 
 
+class MaskArena:
+    """Zeroed ``(H, W)`` uint8 planes carved from one ``(planes, H, W)`` block per call.
+
+    A mask set touches ~10 MB at 256 px. Allocated plane by plane and freed when the caller drops it,
+    that memory goes back to the operating system and every call pays page faults again (half the cost
+    of a mask set). Blocks are therefore pooled: a block is reused once nothing references it any more
+    (no mask of an earlier call is alive), so a loop over faces keeps reusing one block, while masks a
+    caller keeps stay untouched.
+    """
+
+    POOL_SIZE = 4  # blocks kept per (planes, H, W); beyond that, blocks are plain allocations
+    _pool: dict[tuple[int, int, int], list[np.ndarray]] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, shape: tuple[int, int], planes: int):
+        key = (planes, *shape)
+        with MaskArena._lock:
+            pool = MaskArena._pool.setdefault(key, [])
+            # Two references (the pool's and getrefcount's argument) mean no mask of the block is alive.
+            free = next((i for i in range(len(pool)) if sys.getrefcount(pool[i]) == 2), None)
+            if free is not None:
+                self.block, self.fresh = pool[free], False
+            else:
+                self.block, self.fresh = np.zeros(key, np.uint8), True
+                if len(pool) < MaskArena.POOL_SIZE:
+                    pool.append(self.block)
+        self.shape = shape
+        self.used = 0
+
+    def take(self) -> np.ndarray:
+        """The next zeroed plane (a plain allocation if the block is used up)."""
+        if self.used == len(self.block):
+            return np.zeros(self.shape, np.uint8)
+        plane = self.block[self.used]
+        self.used += 1
+        if not self.fresh:
+            plane.fill(0)
+        return plane
+
+
 class GeometryContext:
     """One face's landmarks, face frame, image size, attributes and evaluated recipe points."""
 
     def __init__(self, landmarks: Any, size: tuple[int, int], table: PointTable,
-                 attributes: Mapping[str, Any] | None = None):
+                 attributes: Mapping[str, Any] | None = None, planes: int = 0):
         self.landmarks = check_landmarks(landmarks).astype(np.float64)
         height, width = (int(s) for s in size)
         if height < 1 or width < 1:
@@ -218,13 +260,15 @@ class GeometryContext:
         self.attributes = dict(attributes or {})
         self.attributes.setdefault("mouth_open", mouth_gap(self.landmarks) > MOUTH_OPEN_GAP)
         self._points = table.evaluate(self.landmarks, self.frame)
+        self._arena = MaskArena(self.shape, planes) if planes else None
 
     def points(self, rows: np.ndarray) -> np.ndarray:
         """Pixel positions ``(n, 2)`` of compiled point rows."""
         return self._points[rows]
 
     def empty(self) -> np.ndarray:
-        return np.zeros(self.shape, dtype=np.uint8)
+        """A zeroed ``(H, W)`` uint8 mask to draw into."""
+        return self._arena.take() if self._arena is not None else np.zeros(self.shape, dtype=np.uint8)
 
 
 def catmull_rom(points: np.ndarray, closed: bool, samples: int = 6) -> np.ndarray:
@@ -334,7 +378,9 @@ def union(ctx: GeometryContext, recipe: Mapping[str, Any]) -> np.ndarray:
 @register_recipe("image")
 def whole_image(ctx: GeometryContext, recipe: Mapping[str, Any]) -> np.ndarray:
     """Every pixel; with ``clip``/``minus`` it makes 'the rest of the image' concepts such as background."""
-    return np.ones(ctx.shape, dtype=np.uint8)
+    mask = ctx.empty()
+    mask.fill(1)
+    return mask
 
 
 def draw(ctx: GeometryContext, recipe: Mapping[str, Any], resolve: Callable[[str], np.ndarray]) -> np.ndarray:

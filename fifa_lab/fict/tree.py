@@ -60,6 +60,8 @@ class ConceptTree:
         self._points = geometry.PointTable()
         self._recipes = {key: geometry.compile_recipe(recipe, self._points) for key, recipe in shapes.items()}
         self._recipes.update({c.id: geometry.compile_recipe(c.recipe, self._points) for c in concepts if c.recipe is not None})
+        # Masks drawn per call: one per recipe, union part and parent (see geometry.MaskArena).
+        self._planes = len(self._recipes) + len(concepts) + sum(len(r.get("parts", [])) for r in self._recipes.values())
         self._nodes = {c.id: c for c in concepts}
         self._order = [c.id for c in concepts]
         self._children: dict[str, list[str]] = {c.id: [] for c in concepts}
@@ -147,14 +149,14 @@ class ConceptTree:
         Returns:
             ``{concept_id: (H, W) bool}`` for leaves and parents (parents are unions of children).
         """
-        ctx = geometry.GeometryContext(landmarks, size, self._points, attributes)
+        ctx = geometry.GeometryContext(landmarks, size, self._points, attributes, planes=self._planes)
         drawn: dict[str, np.ndarray] = {}
 
         def resolve(name: str) -> np.ndarray:
             if name not in drawn:
                 recipe = self._recipes.get(name)
                 # A parent concept (no recipe) is the union of its children.
-                drawn[name] = self._union(name, resolve) if recipe is None else geometry.draw(ctx, recipe, resolve)
+                drawn[name] = self._union(name, resolve, ctx) if recipe is None else geometry.draw(ctx, recipe, resolve)
             return drawn[name]
 
         try:
@@ -169,10 +171,9 @@ class ConceptTree:
         # Drawn masks hold 0/1 bytes, so a bool view is exact and costs no copy.
         return {i: drawn[i].view(bool) for i in self._order}
 
-    def _union(self, key: str, resolve: Callable[[str], np.ndarray]) -> np.ndarray:
-        children = self._children[key]
-        mask = resolve(children[0]).copy()
-        for child in children[1:]:
+    def _union(self, key: str, resolve: Callable[[str], np.ndarray], ctx: geometry.GeometryContext) -> np.ndarray:
+        mask = ctx.empty()
+        for child in self._children[key]:
             cv2.bitwise_or(mask, resolve(child), dst=mask)
         return mask
 
