@@ -1,0 +1,93 @@
+"""Configuration of FiFa-MLLM: one dataclass for every component, JSON round trip.
+
+Sizes default to the **tiny** build of DESIGN.md (a small ViT and a small decoder-only LM, random init,
+trainable on CPU). ``vocab_size`` is not a free choice: it is set from the trained tokenizer
+(:func:`fifa_lab.model.build_tiny` does that) so embedding rows and token ids always agree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fifa_lab.tasks.registry import IMAGE_TOKEN, REGION_TOKEN, SEG_TOKEN
+
+PHRASE_START = "<p>"
+PHRASE_END = "</p>"
+
+
+@dataclass
+class FiFaConfig:
+    """Every hyper-parameter of FiFa-MLLM.
+
+    The image is square, ``image_size`` pixels a side, cut into ``(image_size / patch_size) ** 2`` patches;
+    each ``<image>`` token of a prompt becomes that many patch embeddings in the LM's input.
+    """
+
+    image_size: int = 256
+    patch_size: int = 16
+    # tiny ViT (transformers ViTModel, random init)
+    vision_hidden_size: int = 128
+    vision_layers: int = 4
+    vision_heads: int = 4
+    # tiny decoder-only LM (transformers LlamaForCausalLM, random init)
+    lm_hidden_size: int = 256
+    lm_layers: int = 4
+    lm_heads: int = 4
+    lm_intermediate_size: int = 512
+    vocab_size: int = 0  # 0 = not set yet; the tokenizer decides
+    max_length: int = 512  # text tokens (the patch tokens of <image> come on top)
+    mask_decoder_dim: int = 64
+    # GLaMM's loss weights: token CE, mask BCE, mask Dice
+    ce_weight: float = 1.0
+    bce_weight: float = 2.0
+    dice_weight: float = 0.5
+    special_tokens: list[str] = field(
+        default_factory=lambda: [IMAGE_TOKEN, REGION_TOKEN, PHRASE_START, PHRASE_END, SEG_TOKEN])
+    pad_token: str = "<pad>"
+    bos_token: str = "<s>"
+    eos_token: str = "</s>"
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.patch_size % 4:
+            # the pixel decoder works at H/4; it upsamples the patch grid by patch_size / 4
+            raise ValueError(f"patch_size must be a multiple of 4, got {self.patch_size}")
+        for name in ("vision", "lm"):
+            hidden, heads = getattr(self, f"{name}_hidden_size"), getattr(self, f"{name}_heads")
+            if hidden % heads:
+                raise ValueError(f"{name}_hidden_size {hidden} is not divisible by {name}_heads {heads}")
+        missing = {IMAGE_TOKEN, REGION_TOKEN, PHRASE_START, PHRASE_END, SEG_TOKEN} - set(self.special_tokens)
+        if missing:
+            raise ValueError(f"special_tokens lacks {sorted(missing)}")
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side: ``image_size // patch_size``."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """Patch tokens one ``<image>`` expands to: ``grid_size ** 2``."""
+        return self.grid_size ** 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FiFaConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown FiFaConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> FiFaConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,373 @@
+"""FiFa-MLLM: image encoder + projector + region encoder + causal LM + mask decoder.
+
+Data flow (shapes for batch ``B``, text length ``T``, ``N`` patches, LM width ``D``)::
+
+    images (B, 3, H, W) -> ImageEncoder -> tokens (B, N, Dv), grid (B, Dv, H/p, W/p)
+    tokens -> projector -> (B, N, D): the one <image> token of each prompt expands into these N embeddings
+    grid + region mask (B, H, W) -> RegionEncoder -> (B, D): replaces the <region> token's embedding
+    LM(inputs_embeds (B, T - 1 + N, D)) -> logits, last hidden states
+    hidden state at each [SEG] (K, D) + grid -> MaskDecoder -> mask logits (K, H, W)
+
+Training sequences are ``<s> prompt target </s>`` with labels only on ``target </s>``; the i-th ``[SEG]``
+of a target owns the i-th mask (DESIGN.md, Records).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from fifa_lab.data.masks import box_to_mask
+from fifa_lab.io import atomic_path
+from fifa_lab.model.config import PHRASE_END, PHRASE_START, FiFaConfig
+from fifa_lab.model.image_encoder import ImageEncoder
+from fifa_lab.model.mask_decoder import MaskDecoder
+from fifa_lab.model.region_encoder import RegionEncoder
+from fifa_lab.tasks.registry import IMAGE_TOKEN, REGION_TOKEN, SEG_TOKEN
+
+IGNORE_INDEX = -100  # label value the LM's cross-entropy skips
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+_PHRASE = re.compile(re.escape(PHRASE_START) + r"(.*?)" + re.escape(PHRASE_END), re.S)
+
+
+@dataclass
+class Response:
+    """One answer: ``text`` (special tokens kept), its ``<p>`` ``phrases`` and one bool mask per ``[SEG]``.
+
+    ``masks`` is ``(K, H, W)`` bool with ``K`` the number of ``[SEG]`` in ``text``.
+    """
+
+    text: str
+    phrases: list[str]
+    masks: np.ndarray
+
+
+def parse_phrases(text: str) -> list[str]:
+    """The ``<p>...</p>`` phrases of ``text``, stripped, in order."""
+    return [phrase.strip() for phrase in _PHRASE.findall(text)]
+
+
+@dataclass
+class _LMRun:
+    """What one pass of the LM over an expanded sequence gives (``T'`` = expanded length)."""
+
+    output: Any  # transformers CausalLMOutputWithPast
+    input_ids: torch.Tensor  # (B, T'), <image> repeated over its N patch positions
+    attention_mask: torch.Tensor  # (B, T')
+    grid: torch.Tensor  # (B, Dv, H/p, W/p)
+
+
+class FiFaMLLM(nn.Module):
+    """The FiFa multimodal LM (tiny build: random-init ViT + Llama, a trained BPE tokenizer)."""
+
+    def __init__(self, config: FiFaConfig, tokenizer: PreTrainedTokenizerFast) -> None:
+        super().__init__()
+        if config.vocab_size != len(tokenizer):
+            raise ValueError(f"config.vocab_size={config.vocab_size} but the tokenizer has {len(tokenizer)} ids; "
+                             "set config.vocab_size = len(tokenizer)")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.token_ids = {}
+        for token in (*config.special_tokens, config.pad_token, config.bos_token, config.eos_token):
+            ids = tokenizer.encode(token, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ValueError(f"the tokenizer splits special token {token!r} into {ids}; register it as special")
+            self.token_ids[token] = ids[0]
+        self.image_encoder = ImageEncoder(config)
+        self.projector = nn.Sequential(
+            nn.Linear(config.vision_hidden_size, config.lm_hidden_size), nn.GELU(),
+            nn.Linear(config.lm_hidden_size, config.lm_hidden_size))
+        self.region_encoder = RegionEncoder(config)
+        self.lm = LlamaForCausalLM(LlamaConfig(
+            vocab_size=config.vocab_size, hidden_size=config.lm_hidden_size,
+            intermediate_size=config.lm_intermediate_size, num_hidden_layers=config.lm_layers,
+            num_attention_heads=config.lm_heads, num_key_value_heads=config.lm_heads,
+            max_position_embeddings=config.max_length + config.num_patches,
+            pad_token_id=self.token_ids[config.pad_token], bos_token_id=self.token_ids[config.bos_token],
+            eos_token_id=self.token_ids[config.eos_token], tie_word_embeddings=False))
+        self.mask_decoder = MaskDecoder(config)
+
+    # --- text ---------------------------------------------------------------------------------------
+
+    def encode(self, prompts: Sequence[str], targets: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Tokenize ``<s> prompt [target </s>]`` per sample, right-padded.
+
+        Returns ``input_ids``, ``attention_mask`` ``(B, T)`` and, with ``targets``, ``labels`` ``(B, T)``
+        (``-100`` on the prompt and padding). Each prompt needs exactly one ``<image>``.
+        """
+        if targets is not None and len(targets) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+        rows, label_rows = [], []
+        for i, prompt in enumerate(prompts):
+            prompt_ids = [self.token_ids[self.config.bos_token], *self._tokenize(prompt)]
+            count = prompt_ids.count(self.token_ids[IMAGE_TOKEN])
+            if count != 1:
+                raise ValueError(f"prompt {i} must contain exactly one {IMAGE_TOKEN} token, found {count}: {prompt!r}")
+            ids, labels = prompt_ids, [IGNORE_INDEX] * len(prompt_ids)
+            if targets is not None:
+                target_ids = [*self._tokenize(targets[i]), self.token_ids[self.config.eos_token]]
+                ids, labels = ids + target_ids, labels + target_ids
+            if len(ids) > self.config.max_length:
+                # truncating could cut a [SEG] and misalign masks, so refuse instead
+                raise ValueError(f"sample {i} has {len(ids)} tokens, more than max_length={self.config.max_length}")
+            rows.append(ids)
+            label_rows.append(labels)
+        length = max(len(row) for row in rows)
+        pad = self.token_ids[self.config.pad_token]
+        batch = {
+            "input_ids": torch.tensor([row + [pad] * (length - len(row)) for row in rows]),
+            "attention_mask": torch.tensor([[1] * len(row) + [0] * (length - len(row)) for row in rows]),
+        }
+        if targets is not None:
+            batch["labels"] = torch.tensor([row + [IGNORE_INDEX] * (length - len(row)) for row in label_rows])
+        return batch
+
+    def _tokenize(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    # --- core pass ----------------------------------------------------------------------------------
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        size = self.config.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(f"images must be (B, 3, {size}, {size}) floats in [0, 1], got {tuple(images.shape)}")
+        if not images.is_floating_point() or images.min() < 0 or images.max() > 1:
+            raise ValueError("images must be floats in [0, 1] (divide uint8 images by 255)")
+
+    def _run(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             labels: torch.Tensor | None = None, regions: torch.Tensor | None = None, **lm_kwargs: Any) -> _LMRun:
+        """Encode images and regions, splice them into the text embeddings, run the LM once."""
+        self._check_images(images)
+        batch, size = images.shape[0], self.config.image_size
+        if input_ids.shape[0] != batch:
+            raise ValueError(f"{batch} images but {input_ids.shape[0]} token rows")
+        tokens, grid = self.image_encoder(images)
+        image_embeds = self.projector(tokens)  # (B, N, D)
+        embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, D)
+
+        has_region = (input_ids == self.token_ids[REGION_TOKEN]).any(1)  # (B,)
+        if has_region.any():
+            if regions is None:
+                raise ValueError(f"a prompt contains {REGION_TOKEN} but no regions were given")
+            if regions.ndim != 3 or tuple(regions.shape) != (batch, size, size):
+                raise ValueError(f"regions must be (B, {size}, {size}) masks, got {tuple(regions.shape)}")
+            rows = has_region.nonzero().flatten()
+            region_embeds = torch.zeros(batch, embeds.shape[-1], dtype=embeds.dtype, device=embeds.device)
+            region_embeds = region_embeds.index_copy(0, rows, self.region_encoder(grid[rows], regions[rows]))
+            at_region = (input_ids == self.token_ids[REGION_TOKEN])[..., None]
+            embeds = torch.where(at_region, region_embeds[:, None, :], embeds)
+
+        image_id = self.token_ids[IMAGE_TOKEN]
+        counts = (input_ids == image_id).sum(1)
+        if (counts != 1).any():
+            raise ValueError(f"every row needs exactly one {IMAGE_TOKEN} token, counts are {counts.tolist()}")
+        # one <image> becomes N patch embeddings; every row grows by N - 1, so rows stay aligned
+        num = image_embeds.shape[1]
+        at = (input_ids == image_id).int().argmax(1).tolist()
+        ones = torch.ones(num, dtype=attention_mask.dtype, device=attention_mask.device)
+        image_ids = torch.full((num,), image_id, dtype=input_ids.dtype, device=input_ids.device)
+        embeds = _splice(embeds, at, image_embeds)
+        mask = _splice(attention_mask, at, ones.expand(batch, num))
+        ids = _splice(input_ids, at, image_ids.expand(batch, num))
+        if labels is not None:
+            labels = _splice(labels, at, torch.full_like(ids[:, :num], IGNORE_INDEX))
+        output = self.lm(inputs_embeds=embeds, attention_mask=mask, labels=labels, **lm_kwargs)
+        return _LMRun(output=output, input_ids=ids, attention_mask=mask, grid=grid)
+
+    def _seg_hidden(self, run: _LMRun) -> list[torch.Tensor]:
+        """Per row, the last-layer hidden states at its ``[SEG]`` tokens: ``(K_b, D)``."""
+        hidden = run.output.hidden_states[-1]
+        at_seg = (run.input_ids == self.token_ids[SEG_TOKEN]) & run.attention_mask.bool()
+        return [hidden[b, at_seg[b]] for b in range(hidden.shape[0])]
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor | None = None, regions: torch.Tensor | None = None,
+                seg_masks: Sequence[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Training/eval pass.
+
+        ``images`` ``(B, 3, H, W)`` in [0, 1]; ``input_ids``/``attention_mask``/``labels`` ``(B, T)`` from
+        :meth:`encode`; ``regions`` ``(B, H, W)`` masks for rows with ``<region>`` (other rows ignored);
+        ``seg_masks`` one ``(K_b, H, W)`` tensor per row, ``K_b`` = that row's ``[SEG]`` count.
+        Returns ``loss`` (weighted sum), ``ce``, ``bce``, ``dice`` (zero when not computed) and ``logits``
+        ``(B, T - 1 + N, V)``.
+        """
+        run = self._run(images, input_ids, attention_mask, labels, regions, output_hidden_states=True)
+        zero = run.output.logits.new_zeros(())
+        ce = run.output.loss if labels is not None else zero
+        bce, dice = zero, zero
+        if seg_masks is not None:
+            if len(seg_masks) != images.shape[0]:
+                raise ValueError(f"seg_masks has {len(seg_masks)} entries for {images.shape[0]} images")
+            pixel = self.mask_decoder.pixel_embeddings(run.grid)
+            logits, targets = [], []
+            for b, hidden in enumerate(self._seg_hidden(run)):
+                target = seg_masks[b]
+                size = self.config.image_size
+                if target.ndim != 3 or tuple(target.shape[1:]) != (size, size) or target.shape[0] != hidden.shape[0]:
+                    raise ValueError(f"row {b} has {hidden.shape[0]} {SEG_TOKEN} tokens, so seg_masks[{b}] must be "
+                                     f"({hidden.shape[0]}, {size}, {size}); got {tuple(target.shape)}")
+                if hidden.shape[0]:
+                    logits.append(self.mask_decoder(hidden, pixel[b]))
+                    targets.append(target.to(pixel.dtype))
+            if logits:
+                bce, dice = _mask_losses(torch.cat(logits), torch.cat(targets))
+        c = self.config
+        loss = c.ce_weight * ce + c.bce_weight * bce + c.dice_weight * dice
+        return {"loss": loss, "ce": ce, "bce": bce, "dice": dice, "logits": run.output.logits}
+
+    # --- inference ----------------------------------------------------------------------------------
+
+    def _image_tensor(self, image: np.ndarray) -> torch.Tensor:
+        size = self.config.image_size
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape != (size, size, 3):
+            got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise ValueError(f"image must be a ({size}, {size}, 3) uint8 array, got {got}")
+        device = next(self.parameters()).device
+        return torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255.0
+
+    def _region_tensor(self, region: Any, prompt: str) -> torch.Tensor | None:
+        """``region`` (None, an ``(H, W)`` mask or an ``(x0, y0, x1, y1)`` box) -> ``(1, H, W)`` float."""
+        size = self.config.image_size
+        if IMAGE_TOKEN not in prompt:
+            raise ValueError(f"the prompt must contain {IMAGE_TOKEN}: {prompt!r}")
+        if (REGION_TOKEN in prompt) != (region is not None):
+            raise ValueError(f"pass a region exactly when the prompt contains {REGION_TOKEN} "
+                             f"(prompt has it: {REGION_TOKEN in prompt}, region given: {region is not None})")
+        if region is None:
+            return None
+        array = np.asarray(region)
+        if array.ndim == 1:
+            if array.shape != (4,):
+                raise ValueError(f"a box region must be (x0, y0, x1, y1), got {region!r}")
+            x0, y0, x1, y1 = (float(v) for v in array)
+            if not (0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size):
+                raise ValueError(f"box {tuple(array.tolist())} is empty or lies outside the {size}x{size} image")
+            array = box_to_mask(array, (size, size))
+        elif array.shape != (size, size):
+            raise ValueError(f"a region mask must be ({size}, {size}) like the image, got {array.shape}")
+        if not array.any():
+            raise ValueError("the region mask is empty; a region needs at least one pixel")
+        device = next(self.parameters()).device
+        return torch.from_numpy(array.astype(np.float32)).to(device)[None]
+
+    @torch.no_grad()
+    def generate(self, image: np.ndarray, prompt: str, region: Any = None, max_new_tokens: int = 64,
+                 do_sample: bool = False, temperature: float = 1.0) -> Response:
+        """Answer ``prompt`` about ``image`` ``(H, W, 3)`` uint8; ``region`` is a mask ``(H, W)`` or a box.
+
+        Decodes token by token with the LM's KV cache, then :meth:`ground` turns each ``[SEG]`` into a mask.
+        """
+        images = self._image_tensor(image)
+        regions = self._region_tensor(region, prompt)
+        batch = {k: v.to(images.device) for k, v in self.encode([prompt]).items()}
+        run = self._run(images, batch["input_ids"], batch["attention_mask"], regions=regions, use_cache=True)
+        output, answer = run.output, []
+        embed = self.lm.get_input_embeddings()
+        # input-only tokens must never be emitted: an answer cannot carry a new image or region
+        banned = [self.token_ids[t] for t in (IMAGE_TOKEN, REGION_TOKEN, self.config.pad_token, self.config.bos_token)]
+        for _ in range(max_new_tokens):
+            logits = output.logits[0, -1].clone()
+            logits[banned] = float("-inf")
+            if do_sample:
+                token = int(torch.multinomial(F.softmax(logits / temperature, -1), 1))
+            else:
+                token = int(logits.argmax())
+            if token == self.token_ids[self.config.eos_token]:
+                break
+            answer.append(token)
+            next_embed = embed(torch.tensor([[token]], device=images.device))
+            output = self.lm(inputs_embeds=next_embed, past_key_values=output.past_key_values, use_cache=True)
+        return self.ground(image, prompt, answer, region)
+
+    @torch.no_grad()
+    def ground(self, image: np.ndarray, prompt: str, answer: str | Sequence[int], region: Any = None) -> Response:
+        """Turn an ``answer`` (text or token ids) to ``prompt`` into a :class:`Response`.
+
+        One pass over ``prompt + answer`` gives the hidden state at each ``[SEG]`` of the answer; each
+        becomes a mask (logit > 0). ``masks`` has exactly one entry per ``[SEG]``.
+        """
+        images = self._image_tensor(image)
+        regions = self._region_tensor(region, prompt)
+        answer_ids = self._tokenize(answer) if isinstance(answer, str) else [int(t) for t in answer]
+        skip = {self.token_ids[t] for t in (self.config.pad_token, self.config.bos_token, self.config.eos_token)}
+        answer_ids = [t for t in answer_ids if t not in skip]
+        if {self.token_ids[IMAGE_TOKEN], self.token_ids[REGION_TOKEN]} & set(answer_ids):
+            raise ValueError(f"an answer cannot contain {IMAGE_TOKEN} or {REGION_TOKEN}")
+        prompt_ids = self.encode([prompt])["input_ids"][0].tolist()
+        input_ids = torch.tensor([prompt_ids + answer_ids], device=images.device)
+        run = self._run(images, input_ids, torch.ones_like(input_ids), regions=regions, output_hidden_states=True)
+        hidden = self._seg_hidden(run)[0]
+        # only the answer's [SEG] tokens own masks; a [SEG] typed into the prompt does not
+        hidden = hidden[hidden.shape[0] - answer_ids.count(self.token_ids[SEG_TOKEN]):]
+        size = self.config.image_size
+        if hidden.shape[0]:
+            pixel = self.mask_decoder.pixel_embeddings(run.grid)[0]
+            masks = (self.mask_decoder(hidden, pixel) > 0).cpu().numpy()
+        else:
+            masks = np.zeros((0, size, size), dtype=bool)
+        text = self.tokenizer.decode(answer_ids, skip_special_tokens=False)
+        return Response(text=text, phrases=parse_phrases(text), masks=masks)
+
+    # --- persistence and inspection -----------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and ``tokenizer/`` under ``directory``, atomically:
+        an interrupted save leaves the previous checkpoint there, never a half-written one."""
+        directory = Path(directory)
+        with atomic_path(directory) as tmp:
+            tmp.mkdir()
+            self.config.save(tmp / CONFIG_FILE)
+            save_model(self, str(tmp / WEIGHTS_FILE))
+            self.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> FiFaMLLM:
+        """Load a model written by :meth:`save_pretrained`; nothing is downloaded."""
+        directory = Path(directory)
+        needed = [directory / CONFIG_FILE, directory / WEIGHTS_FILE, directory / TOKENIZER_DIR / "tokenizer.json"]
+        missing = [str(path) for path in needed if not path.exists()]
+        if missing:
+            raise FileNotFoundError(f"{directory} is not a FiFa-MLLM checkpoint: missing {', '.join(missing)}; "
+                                    "pass a folder written by FiFaMLLM.save_pretrained (e.g. runs/<name>/model/best)")
+        config = FiFaConfig.load(directory / CONFIG_FILE)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory / TOKENIZER_DIR))
+        model = cls(config, tokenizer)
+        load_model(model, str(directory / WEIGHTS_FILE), device=str(device))
+        return model.to(device).eval()
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per component plus ``total``."""
+        parts = ("image_encoder", "projector", "region_encoder", "lm", "mask_decoder")
+        counts = {name: sum(p.numel() for p in getattr(self, name).parameters()) for name in parts}
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        return counts
+
+
+def _splice(rows: torch.Tensor, at: Sequence[int], insert: torch.Tensor) -> torch.Tensor:
+    """Replace element ``at[b]`` of each row of ``rows`` ``(B, T, ...)`` by ``insert[b]`` ``(N, ...)``.
+
+    Returns ``(B, T - 1 + N, ...)``.
+    """
+    return torch.stack([torch.cat([rows[b, :i], insert[b], rows[b, i + 1:]]) for b, i in enumerate(at)])
+
+
+def _mask_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean per-mask BCE and Dice of ``logits`` vs ``targets``, both ``(K, H, W)``."""
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").flatten(1).mean(1)
+    probs = logits.sigmoid().flatten(1)
+    flat = targets.flatten(1)
+    # +1 smoothing (as LISA/GLaMM) keeps Dice defined for empty targets
+    dice = 1 - (2 * (probs * flat).sum(1) + 1) / (probs.sum(1) + flat.sum(1) + 1)
+    return bce.mean(), dice.mean()

@@ -1,0 +1,163 @@
+"""FiFa-MLLM model core: shapes, losses, grounding, persistence, regions, input validation, tokenizer."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from fifa_lab.model import FiFaConfig, FiFaMLLM, Response, build_tiny, parse_phrases, train_tokenizer
+from fifa_lab.model.region_encoder import boxes_to_masks
+from fifa_lab.tasks.registry import IMAGE_TOKEN, REGION_TOKEN, SEG_TOKEN
+
+SIZE = 64
+TINY = dict(image_size=SIZE, patch_size=16, vision_hidden_size=32, vision_layers=2, vision_heads=2,
+            lm_hidden_size=64, lm_layers=2, lm_heads=2, lm_intermediate_size=128, mask_decoder_dim=16,
+            max_length=64)
+PROMPTS = ["<image> Where is this face manipulated?", "<image> Explain what is odd about <region>."]
+TARGETS = ["The face is fake: <p>the left eye</p> [SEG] is blurred.",
+           "It is real; <p>the mouth</p> [SEG] looks natural."]
+CORPUS = PROMPTS + TARGETS + ["<image> Is this face real or fake?", "Fake. <p>nose</p> [SEG]"] * 5
+
+
+def _square(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+    mask = torch.zeros(SIZE, SIZE)
+    mask[y0:y1, x0:x1] = 1
+    return mask
+
+
+@pytest.fixture(scope="module")
+def model() -> FiFaMLLM:
+    torch.manual_seed(0)
+    return build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def batch(model: FiFaMLLM) -> dict:
+    torch.manual_seed(1)
+    encoded = model.encode(PROMPTS, TARGETS)
+    return dict(images=torch.rand(2, 3, SIZE, SIZE), regions=torch.stack([torch.zeros(SIZE, SIZE),
+                                                                           _square(40, 60, 20, 44)]),
+                seg_masks=[_square(10, 30, 8, 28)[None], _square(44, 56, 20, 44)[None]], **encoded)
+
+
+def test_forward_shapes_and_finite_losses(model: FiFaMLLM, batch: dict) -> None:
+    out = model(**batch)
+    length = batch["input_ids"].shape[1] - 1 + model.config.num_patches
+    assert out["logits"].shape == (2, length, model.config.vocab_size)
+    for key in ("loss", "ce", "bce", "dice"):
+        assert out[key].ndim == 0 and torch.isfinite(out[key]) and out[key] > 0
+    c = model.config
+    assert torch.isclose(out["loss"], c.ce_weight * out["ce"] + c.bce_weight * out["bce"] + c.dice_weight * out["dice"])
+    assert (c.ce_weight, c.bce_weight, c.dice_weight) == (1.0, 2.0, 0.5)
+    counts = model.parameter_counts()
+    assert set(counts) == {"image_encoder", "projector", "region_encoder", "lm", "mask_decoder", "total"}
+    assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+
+
+def test_ground_gives_one_mask_per_seg(model: FiFaMLLM) -> None:
+    image = np.zeros((SIZE, SIZE, 3), np.uint8)
+    answer = "<p>the left eye</p> [SEG] and <p>the mouth</p> [SEG] are blended."
+    response = model.ground(image, PROMPTS[0], answer)
+    assert isinstance(response, Response)
+    assert response.text.count(SEG_TOKEN) == 2 == len(response.masks)
+    assert response.phrases == ["the left eye", "the mouth"] == parse_phrases(answer)
+    assert response.masks.shape == (2, SIZE, SIZE) and response.masks.dtype == bool
+    generated = model.generate(image, PROMPTS[0], max_new_tokens=8)
+    assert generated.text.count(SEG_TOKEN) == len(generated.masks)
+    assert IMAGE_TOKEN not in generated.text and REGION_TOKEN not in generated.text
+
+
+def test_overfit_two_samples_lowers_loss(batch: dict) -> None:
+    torch.manual_seed(0)
+    model = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY).train()
+    encoded = model.encode(PROMPTS, TARGETS)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses, mask_losses = [], []
+    for _ in range(30):
+        out = model(**{**batch, **encoded})
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        losses.append(out["loss"].item())
+        mask_losses.append(out["bce"].item() + out["dice"].item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert mask_losses[-1] < mask_losses[0], mask_losses
+    model.eval()
+    image = (batch["images"][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    response = model.generate(image, PROMPTS[0], max_new_tokens=24)
+    # 30 steps need not reproduce the target exactly, but masks always follow the [SEG] tokens
+    assert response.text.count(SEG_TOKEN) == len(response.masks)
+
+
+def test_save_load_round_trip(model: FiFaMLLM, batch: dict, tmp_path) -> None:
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = FiFaMLLM.from_pretrained(tmp_path / "ckpt")
+    assert loaded.config == model.config
+    with torch.no_grad():
+        assert torch.equal(model(**batch)["logits"], loaded(**batch)["logits"])
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        (tmp_path / "ckpt" / "model.safetensors").unlink()
+        FiFaMLLM.from_pretrained(tmp_path / "ckpt")
+    assert FiFaConfig.from_dict(model.config.to_dict()) == model.config
+
+
+def test_region_by_mask_and_by_box(model: FiFaMLLM) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[8:24, 16:40] = True
+    by_mask = model.ground(image, PROMPTS[1], TARGETS[1], region=mask)
+    by_box = model.ground(image, PROMPTS[1], TARGETS[1], region=(16, 8, 40, 24))
+    assert np.array_equal(by_mask.masks, by_box.masks) and len(by_box.masks) == 1
+    assert torch.equal(boxes_to_masks([[16, 8, 40, 24]], (SIZE, SIZE))[0].bool(), torch.from_numpy(mask))
+    grid = torch.randn(2, model.config.vision_hidden_size, 4, 4)
+    assert model.region_encoder(grid, boxes_to_masks([[0, 0, 8, 8], [30, 30, 64, 64]], (SIZE, SIZE))).shape == (
+        2, model.config.lm_hidden_size)
+    with pytest.raises(ValueError, match="empty"):
+        model.region_encoder(grid, torch.zeros(2, SIZE, SIZE))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(image=np.zeros((32, 32, 3), np.uint8)), r"\(64, 64, 3\) uint8"),
+    (dict(image=np.zeros((SIZE, SIZE, 3), np.float32)), "uint8"),
+    (dict(prompt="What is this?"), "must contain <image>"),
+    (dict(prompt=PROMPTS[1]), "exactly when the prompt contains <region>"),
+    (dict(prompt=PROMPTS[1], region=np.ones((32, 32), bool)), r"must be \(64, 64\)"),
+    (dict(prompt=PROMPTS[1], region=(10, 10, 80, 30)), "outside"),
+    (dict(prompt=PROMPTS[1], region=np.zeros((SIZE, SIZE), bool)), "empty"),
+    (dict(region=np.ones((SIZE, SIZE), bool)), "exactly when"),
+])
+def test_bad_inputs_raise(model: FiFaMLLM, kwargs: dict, message: str) -> None:
+    args = dict(image=np.zeros((SIZE, SIZE, 3), np.uint8), prompt=PROMPTS[0], max_new_tokens=2) | kwargs
+    with pytest.raises(ValueError, match=message):
+        model.generate(**args)
+
+
+def test_bad_training_inputs_raise(model: FiFaMLLM, batch: dict) -> None:
+    with pytest.raises(ValueError, match=r"images must be \(B, 3, 64, 64\)"):
+        model(**{**batch, "images": torch.rand(2, 3, 32, 32)})
+    with pytest.raises(ValueError, match=r"\[SEG\] tokens, so seg_masks\[0\]"):
+        model(**{**batch, "seg_masks": [torch.zeros(2, SIZE, SIZE), batch["seg_masks"][1]]})
+    with pytest.raises(ValueError, match="no regions were given"):
+        model(**{**batch, "regions": None})
+    with pytest.raises(ValueError, match="exactly one <image>"):
+        model.encode(["no image here"])
+    with pytest.raises(ValueError, match="image_size"):
+        FiFaConfig(image_size=60)
+
+
+def test_tokenizer_keeps_special_tokens_whole(tmp_path) -> None:
+    config = FiFaConfig()
+    tokenizer = train_tokenizer(CORPUS, 300, config)
+    text = "<image>x<region> <p>eye</p>[SEG]"
+    pieces = tokenizer.tokenize(text)
+    for token in config.special_tokens:
+        assert pieces.count(token) == 1, pieces
+        assert len(tokenizer.encode(token, add_special_tokens=False)) == 1
+    tokenizer.save_pretrained(str(tmp_path))
+    reloaded = type(tokenizer).from_pretrained(str(tmp_path))
+    assert reloaded.encode(text) == tokenizer.encode(text)
+    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+    built = build_tiny(CORPUS, config=dataclasses.replace(config, **TINY), tokenizer_vocab_size=300)
+    assert built.config.vocab_size == len(built.tokenizer)
