@@ -13,6 +13,7 @@ of a target owns the i-th mask (DESIGN.md, Records).
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ IGNORE_INDEX = -100  # label value the LM's cross-entropy skips
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
+ARCHITECTURE_FILE = "architecture.json"  # only for pretrained builds: the HF configs to rebuild their modules
 _PHRASE = re.compile(re.escape(PHRASE_START) + r"(.*?)" + re.escape(PHRASE_END), re.S)
 
 
@@ -69,9 +71,15 @@ class _LMRun:
 
 
 class FiFaMLLM(nn.Module):
-    """The FiFa multimodal LM (tiny build: random-init ViT + Llama, a trained BPE tokenizer)."""
+    """The FiFa multimodal LM (tiny build: random-init ViT + Llama, a trained BPE tokenizer).
 
-    def __init__(self, config: FiFaConfig, tokenizer: PreTrainedTokenizerFast) -> None:
+    ``image_encoder`` and ``lm`` replace the tiny ViT and Llama when given (the pretrained build,
+    :func:`fifa_lab.model.pretrained.build_pretrained`); the encoder must return what :class:`ImageEncoder`
+    returns and the LM must accept ``inputs_embeds`` like a transformers causal LM.
+    """
+
+    def __init__(self, config: FiFaConfig, tokenizer: PreTrainedTokenizerFast, image_encoder: nn.Module | None = None,
+                 lm: nn.Module | None = None) -> None:
         super().__init__()
         if config.vocab_size != len(tokenizer):
             raise ValueError(f"config.vocab_size={config.vocab_size} but the tokenizer has {len(tokenizer)} ids; "
@@ -84,12 +92,13 @@ class FiFaMLLM(nn.Module):
             if len(ids) != 1:
                 raise ValueError(f"the tokenizer splits special token {token!r} into {ids}; register it as special")
             self.token_ids[token] = ids[0]
-        self.image_encoder = ImageEncoder(config)
+        self.pretrained_build = image_encoder is not None or lm is not None
+        self.image_encoder = image_encoder if image_encoder is not None else ImageEncoder(config)
         self.projector = nn.Sequential(
             nn.Linear(config.vision_hidden_size, config.lm_hidden_size), nn.GELU(),
             nn.Linear(config.lm_hidden_size, config.lm_hidden_size))
         self.region_encoder = RegionEncoder(config)
-        self.lm = LlamaForCausalLM(LlamaConfig(
+        self.lm = lm if lm is not None else LlamaForCausalLM(LlamaConfig(
             vocab_size=config.vocab_size, hidden_size=config.lm_hidden_size,
             intermediate_size=config.lm_intermediate_size, num_hidden_layers=config.lm_layers,
             num_attention_heads=config.lm_heads, num_key_value_heads=config.lm_heads,
@@ -323,11 +332,16 @@ class FiFaMLLM(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json``, ``model.safetensors`` and ``tokenizer/`` under ``directory``, atomically:
-        an interrupted save leaves the previous checkpoint there, never a half-written one."""
+        an interrupted save leaves the previous checkpoint there, never a half-written one.
+
+        A pretrained build also writes ``architecture.json`` (its HF configs and LoRA settings)."""
         directory = Path(directory)
         with atomic_path(directory) as tmp:
             tmp.mkdir()
             self.config.save(tmp / CONFIG_FILE)
+            if self.pretrained_build:
+                from fifa_lab.model.pretrained import architecture_of  # lazy: pretrained imports this module
+                (tmp / ARCHITECTURE_FILE).write_text(json.dumps(architecture_of(self), indent=2) + "\n")
             save_model(self, str(tmp / WEIGHTS_FILE))
             self.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         return directory
@@ -343,7 +357,13 @@ class FiFaMLLM(nn.Module):
                                     "pass a folder written by FiFaMLLM.save_pretrained (e.g. runs/<name>/model/best)")
         config = FiFaConfig.load(directory / CONFIG_FILE)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory / TOKENIZER_DIR))
-        model = cls(config, tokenizer)
+        if (directory / ARCHITECTURE_FILE).exists():
+            from fifa_lab.model.pretrained import modules_from_architecture  # lazy: pretrained imports this module
+            architecture = json.loads((directory / ARCHITECTURE_FILE).read_text())
+            image_encoder, lm = modules_from_architecture(architecture)
+            model = cls(config, tokenizer, image_encoder=image_encoder, lm=lm)
+        else:
+            model = cls(config, tokenizer)
         load_model(model, str(directory / WEIGHTS_FILE), device=str(device))
         return model.to(device).eval()
 
