@@ -1,0 +1,109 @@
+"""Trainer: data pipeline, task ratios, logging, checkpoints, best/, exact resume, determinism."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fifa_lab.data.build import build_dataset, load_datasets
+from fifa_lab.model import FiFaMLLM, build_tiny
+from fifa_lab.train import SampleDataset, TrainConfig, checkpoints, collate, train
+
+SIZE = 64
+TINY = dict(image_size=SIZE, patch_size=16, vision_hidden_size=32, vision_layers=1, vision_heads=2,
+            lm_hidden_size=32, lm_layers=1, lm_heads=2, lm_intermediate_size=64, mask_decoder_dim=8,
+            max_length=1024)
+CONFIG = dict(steps=6, batch_size=2, lr=1e-3, warmup_steps=2, eval_every=3, eval_samples=2, checkpoint_every=2,
+              seed=3)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    # half the identities in validation so the validation split is never empty
+    build_dataset(root, n_faces=4, size=SIZE, ratios=(0.5, 0.5, 0.0))
+    return root
+
+
+def _run_dir(data_dir: Path, tmp_path: Path, name: str) -> Path:
+    run = tmp_path / name
+    shutil.copytree(data_dir / "data", run / "data")
+    return run
+
+
+def _model(data_dir: Path) -> FiFaMLLM:
+    samples = load_datasets(data_dir).samples["train"]
+    torch.manual_seed(0)
+    return build_tiny(list(samples["prompt"]) + list(samples["target"]), tokenizer_vocab_size=1024, **TINY)
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "model" / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_dataset_ratios_and_collate(data_dir: Path) -> None:
+    data = load_datasets(data_dir)
+    full = SampleDataset(data.samples["train"], data.images["train"], SIZE)
+    assert {"Det", "Cls", "RSeg"} <= set(full.tasks)
+    aux_off = SampleDataset(data.samples["train"], data.images["train"], SIZE, {"Det": 0, "Cls": 0, "RSeg": 0})
+    assert not {"Det", "Cls", "RSeg"} & set(aux_off.tasks) and len(aux_off) < len(full)
+    weights = SampleDataset(data.samples["train"], data.images["train"], SIZE, {"Loc": 3.0}).weights()
+    tasks = full.tasks
+    share = sum(w for w, t in zip(weights, tasks) if t == "Loc")
+    assert share == pytest.approx(3.0 / (len(set(tasks)) + 2.0))
+    with pytest.raises(ValueError, match="no task left"):
+        SampleDataset(data.samples["train"], data.images["train"], SIZE, dict.fromkeys(tasks, 0)).weights()
+
+    model = _model(data_dir)
+    rows = [full[i] for i in range(len(full)) if full.tasks[i] in ("Loc", "R-Det")][:4]
+    item = rows[0]
+    assert item["image"].shape == (3, SIZE, SIZE) and 0 <= item["image"].min() and item["image"].max() <= 1
+    batch = collate(model)(rows)
+    assert batch["images"].shape == (4, 3, SIZE, SIZE) and batch["regions"].shape == (4, SIZE, SIZE)
+    assert [m.shape[1:] for m in batch["seg_masks"]] == [(SIZE, SIZE)] * 4
+    batch.pop("tasks")
+    assert torch.isfinite(model(**batch)["loss"])
+
+
+def test_train_checkpoints_best_and_exact_resume(data_dir: Path, tmp_path: Path) -> None:
+    full_run = _run_dir(data_dir, tmp_path, "full")
+    result = train(full_run, _model(data_dir), TrainConfig(**CONFIG))
+    log = _log(full_run)
+    assert [line["step"] for line in log] == [1, 2, 3, 4, 5, 6]
+    for line in log:
+        assert all(torch.isfinite(torch.tensor(line[k])) for k in ("loss", "ce", "bce", "dice", "lr"))
+        assert line["task_ce"]
+    assert "val" in log[2] and "val" in log[5] and 0 <= log[5]["val"]["det_acc"] <= 1
+    # keep_checkpoints=2: only the last two remain
+    assert [step for step, _ in checkpoints(full_run / "model")] == [4, 6]
+    assert (full_run / "model" / "step-6" / "state").is_dir()
+    best = FiFaMLLM.from_pretrained(result["best"])
+    assert best.config.image_size == SIZE and result["best_step"] in (3, 6)
+
+    # interrupted run: stop after step 4 (schedule still planned for 6), then a fresh call resumes
+    resumed = _run_dir(data_dir, tmp_path, "resumed")
+    first = train(resumed, _model(data_dir), TrainConfig(**CONFIG, stop_after=4))
+    assert first["step"] == 4 and [line["step"] for line in _log(resumed)] == [1, 2, 3, 4]
+    # same seed, same loss curve
+    assert [line["loss"] for line in _log(resumed)] == [line["loss"] for line in log[:4]]
+    second = train(resumed, _model(data_dir), TrainConfig(**CONFIG))
+    assert second["start_step"] == 4 and second["step"] == 6
+    resumed_log = _log(resumed)
+    assert [line["step"] for line in resumed_log] == [1, 2, 3, 4, 5, 6]
+    assert [line["loss"] for line in resumed_log] == pytest.approx([line["loss"] for line in log], abs=1e-6)
+    a = load_file(full_run / "model" / "step-6" / "model.safetensors")
+    b = load_file(resumed / "model" / "step-6" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="stop_after"):
+        TrainConfig(steps=4, stop_after=5)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
