@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 from skimage.data import astronaut
@@ -71,6 +72,33 @@ def test_same_seed_same_fake_and_different_seeds_differ(faces, name):
     assert not np.array_equal(a.fake, c.fake)
 
 
+@pytest.mark.parametrize("name", ["swap_feathered", "swap_poisson", "self_blend"])
+def test_swap_masks_are_one_blob_over_the_inner_face(faces, name):
+    for face in faces[:3]:
+        fake = forge(face, "FS", name, seed=1)
+        nose_tip = tuple(np.round(face.landmarks[30, ::-1]).astype(int))
+        assert fake.mask[nose_tip] and not fake.mask[0, 0] and not fake.mask[-1, -1]
+        # One blob: OpenCV's seamlessClone writes into its mask argument, which once turned the
+        # Poisson ground truth into a frame around the face.
+        assert cv2.connectedComponents(fake.mask.astype(np.uint8))[0] - 1 == 1
+        assert any("blending_seam" in c["artifacts"] for c in fake.concepts)
+
+
+def test_ageing_draws_whole_wrinkle_lines(faces):
+    fake = forge(faces[0], "FE", "ageing", seed=0)
+    # About a dozen lines (forehead, under-eye, crow's feet, smile lines), not hundreds of dashes.
+    assert cv2.connectedComponents(fake.mask.astype(np.uint8))[0] - 1 <= 15
+    assert fake.mask.mean() > 0.005
+
+
+def test_gan_upsample_leaves_a_checkerboard_not_a_tone_shift(faces):
+    fake = forge(faces[0], "EFS", "gan_upsample", seed=0)
+    diff = fake.fake.astype(float).mean(axis=2) - fake.real.astype(float).mean(axis=2)
+    m = fake.mask
+    even, odd = diff[0::2, 0::2][m[0::2, 0::2]].mean(), diff[1::2, 1::2][m[1::2, 1::2]].mean()
+    assert odd - even > 5 and abs(diff[m].mean()) < 2
+
+
 def test_method_none_picks_an_applicable_method_per_seed(faces):
     picked = {forge(faces[0], "FE", seed=s).method for s in range(12)}
     assert len(picked) > 2 and picked <= set(methods_of("FE"))
@@ -96,6 +124,11 @@ def test_fr_fakes_carry_their_moved_landmarks(faces):
     lower_lip = [57, 66]
     assert (fake.landmarks[lower_lip, 1] > faces[0].landmarks[lower_lip, 1] + 1).all()
     assert np.allclose(fake.landmarks[36:48], faces[0].landmarks[36:48])
+    # A closed mouth opened by warping shows an interior the real never had: the ground truth names it.
+    closed = next(f for f in faces if not f.attributes["mouth_open"])
+    opened = forge(closed, "FR", "mouth_open", seed=1)
+    named = {c["concept"]: c["artifacts"] for c in opened.concepts}
+    assert "oral_cavity" in named and "missing_detail" in named["oral_cavity"]
 
 
 def test_self_blend_makes_ground_truth_from_a_photo():

@@ -10,7 +10,17 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from fifa_lab.forge.core import Edit, ForgeContext, NotApplicable, feather, from_lab, register_method, to_lab
+from fifa_lab.forge.core import (
+    Edit,
+    ForgeContext,
+    NotApplicable,
+    blend,
+    box,
+    feather,
+    from_lab,
+    register_method,
+    to_lab,
+)
 from fifa_lab.forge.reenact import face_ring
 from fifa_lab.forge.warp import warp_field
 
@@ -70,31 +80,47 @@ def skin_smooth(ctx: ForgeContext) -> Edit:
 
 @register_method("FE", "ageing")
 def ageing(ctx: ForgeContext) -> Edit:
-    """Age the face: wrinkle lines on the forehead, under the eyes and along the smile lines."""
-    f = ctx.frame
+    """Age the face: wrinkles on the forehead, under the eyes, at the eye corners and along the smile lines."""
+    f, rng, points = ctx.frame, ctx.rng, ctx.face.landmarks.astype(np.float64)
     lines: list[np.ndarray] = []
-    brow_top = ctx.face.landmarks[17:27].mean(axis=0) - 0.35 * f.iod * f.ey
-    for k in range(3):  # forehead furrows
-        centre = brow_top - k * 0.13 * f.iod * f.ey
-        u = np.linspace(-0.55, 0.55, 12)[:, None]
+
+    def wavy(curve: np.ndarray, amount: float) -> np.ndarray:
+        """Jitter a curve across its direction: drawn wrinkles are never perfectly smooth."""
+        wobble = np.convolve(rng.normal(0, amount, len(curve) + 2), np.ones(3) / 3, mode="valid")
+        return curve + (wobble * f.iod)[:, None] * f.ey
+
+    brow_top = points[17:27].mean(axis=0) - 0.33 * f.iod * f.ey
+    for k in range(3):  # forehead furrows, slightly bowed
+        u = np.linspace(-0.5, 0.5, 12)[:, None] * rng.uniform(0.8, 1.1)
         bow = 0.04 * np.cos(np.linspace(-1.2, 1.2, 12))[:, None]
-        lines.append(centre + f.iod * (u * f.ex - bow * f.ey))
-    for eye in (slice(36, 42), slice(42, 48)):  # under-eye creases
-        pts = ctx.face.landmarks[eye][[0, 5, 4, 3]] if eye.start == 36 else ctx.face.landmarks[eye][[3, 4, 5, 0]]
-        lines.append(pts + 0.1 * f.iod * f.ey)
-    for ala, corner in ((31, 48), (35, 54)):  # deeper nasolabial folds
-        lines.append(np.linspace(ctx.face.landmarks[ala], ctx.face.landmarks[corner], 6) + 0.06 * f.iod * (
-            f.ex if ala == 35 else -f.ex))
-    drawn = np.zeros(ctx.shape, np.uint8)
-    width = max(1, int(round(0.02 * f.iod)))
-    cv2.polylines(drawn, [np.round(line * 16).astype(np.int32) for line in lines], False, 1, width, cv2.LINE_AA, shift=4)
-    region = drawn.astype(bool) & ctx.region(*SKIN_REGIONS, "eyes")
+        lines.append(wavy(brow_top - k * 0.12 * f.iod * f.ey + f.iod * (u * f.ex - bow * f.ey), 0.008))
+    for lower in ([36, 41, 40, 39], [42, 47, 46, 45]):  # under-eye creases
+        lines.append(wavy(points[lower] + 0.1 * f.iod * f.ey, 0.005))
+    for corner, side in ((36, -1.0), (45, 1.0)):  # crow's feet: short rays out of the outer corners
+        for tilt in (-0.35, 0.0, 0.35):
+            direction = side * np.cos(tilt) * f.ex + np.sin(tilt) * f.ey
+            start = points[corner] + 0.07 * f.iod * direction
+            lines.append(start + np.linspace(0, 0.15, 4)[:, None] * f.iod * direction)
+    for ala, corner, side in ((31, 48, -1.0), (35, 54, 1.0)):  # deeper nasolabial folds
+        lines.append(wavy(np.linspace(points[ala], points[corner], 6) + 0.07 * f.iod * side * f.ex, 0.006))
+
+    # Anti-aliased lines need a 0..255 canvas; on a 0/1 canvas they would round into dashes.
+    crease = np.zeros(ctx.shape, np.uint8)
+    width = max(1, int(round(0.022 * f.iod)))
+    cv2.polylines(crease, [np.round(line * 16).astype(np.int32) for line in lines], False, 255, width,
+                  cv2.LINE_AA, shift=4)
+    crease = cv2.GaussianBlur(crease.astype(np.float32) / 255.0, (0, 0), 0.6)
+    # A crease is a dark groove with a lit edge just below it: shift a copy one pixel down the face.
+    down = f.ey / max(abs(f.ey[0]), abs(f.ey[1]))
+    lit = cv2.warpAffine(crease, np.float32([[1, 0, down[0]], [0, 1, down[1]]]), crease.shape[::-1])
+    depth = 0.2 + 0.3 * ctx.strength
+    gain = 1 - depth * crease + 0.35 * depth * np.clip(lit - crease, 0, 1)
+    region = ((crease > 0.03) | (lit > 0.03)) & ctx.region(*SKIN_REGIONS, "eyes")
     if not region.any():
         raise NotApplicable("no skin where the wrinkles would go")
-    darken = 1 - (0.12 + 0.25 * ctx.strength) * cv2.GaussianBlur(drawn.astype(np.float32), (0, 0), 0.7)
-    image = np.clip(ctx.face.image * darken[..., None], 0, 255).astype(np.uint8)
+    image = np.clip(ctx.face.image * gain[..., None] + 0.5, 0, 255).astype(np.uint8)
     return Edit(np.where(region[..., None], image, ctx.face.image), [(("texture_anomaly",), region)],
-                {"lines": len(lines)})
+                {"lines": len(lines), "depth": depth})
 
 
 @register_method("FE", "brow_shape")
@@ -124,18 +150,30 @@ def add_beard(ctx: ForgeContext) -> Edit:
     """Add a beard: a hair texture painted over the chin and jaw."""
     if ctx.has("beard"):
         raise NotApplicable("the face already has a beard")
-    masks = ctx.tree.masks(ctx.face.landmarks, ctx.shape, _attributes(ctx, beard=True, moustache=True))
+    attributes = _attributes(ctx, beard=True, moustache=True)
+    masks = ctx.tree.masks(ctx.face.landmarks, ctx.shape, attributes)
     region = (masks["beard"] | masks["moustache"]) & ~ctx.region("lips")
-    brows = ctx.region("eyebrows")
-    colour = ctx.face.image[brows].mean(axis=0) if brows.any() else np.array([60.0, 45.0, 35.0])
-    strands = cv2.blur(ctx.rng.random(ctx.shape, dtype=np.float32) - 0.5, (1, 5))
-    hair = colour[None, None] * (1 + 0.6 * strands[..., None])
-    alpha = (0.55 + 0.4 * ctx.strength) * feather(region, 0.0, 2.0)
-    image = ctx.face.image * (1 - alpha[..., None]) + hair * alpha[..., None]
-    region &= alpha > 0
-    return Edit(np.clip(image, 0, 255).astype(np.uint8), [(("texture_anomaly", "colour_mismatch"), region)],
-                {"opacity": 0.55 + 0.4 * ctx.strength}, label_map=ctx.tree.label_map(
-                    ctx.face.landmarks, ctx.shape, _attributes(ctx, beard=True, moustache=True)))
+    if not region.any():
+        raise NotApplicable("the beard geometry is empty for this face")
+    # Facial hair takes the colour of the scalp hair (or the brows, or dark brown when neither shows).
+    source = next((r for r in (ctx.region("scalp_hair"), ctx.region("eyebrows")) if r.any()), None)
+    colour = 0.9 * ctx.face.image[source].mean(axis=0) if source is not None else np.array([60.0, 45.0, 35.0])
+    # Strands: noise smeared along the image's vertical, strong enough to read as hair, not as a stain.
+    # Everything is computed over the beard's bounding box only.
+    rows, cols = box(region, pad=1)
+    length = max(3, int(round(0.09 * ctx.frame.iod)))
+    patch = region[rows, cols]
+    strands = cv2.blur(ctx.rng.standard_normal(patch.shape, dtype=np.float32), (1, length)) * np.float32(np.sqrt(length))
+    hair = colour.astype(np.float32) * np.clip(1 + 0.35 * strands[..., None], 0.3, 1.8)
+    opacity = 0.6 + 0.35 * ctx.strength
+    # Thinner towards the edge, patchy inside: painted beards are too even, but not perfectly even.
+    alpha = opacity * feather(patch, 0.0, 0.06 * ctx.frame.iod) * np.clip(0.8 + 0.25 * strands, 0, 1)
+    image = ctx.face.image.copy()
+    image[rows, cols] = blend(image[rows, cols], hair, alpha)
+    region[rows, cols] &= alpha > 0
+    return Edit(image, [(("texture_anomaly", "colour_mismatch"), region)],
+                {"opacity": opacity, "strand_px": length},
+                label_map=ctx.tree.label_map(ctx.face.landmarks, ctx.shape, attributes, masks=masks))
 
 
 @register_method("FE", "remove_beard")
@@ -166,4 +204,4 @@ def add_glasses(ctx: ForgeContext) -> Edit:
     image[frame] = colour
     return Edit(np.clip(image, 0, 255).astype(np.uint8),
                 [(("lighting_inconsistency",), lenses & ~frame), (("blending_seam",), frame)], {"frame_grey": colour},
-                label_map=ctx.tree.label_map(ctx.face.landmarks, ctx.shape, attributes))
+                label_map=ctx.tree.label_map(ctx.face.landmarks, ctx.shape, attributes, masks=masks))

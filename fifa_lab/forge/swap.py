@@ -95,10 +95,10 @@ def _paste(ctx: ForgeContext) -> tuple[np.ndarray, np.ndarray, tuple[slice, slic
     mu_s, sd_s = src[inside].mean(0), src[inside].std(0) + 1e-3
     mu_r, sd_r = ref[inside].mean(0), ref[inside].std(0) + 1e-3
     direction = ctx.rng.normal(size=3) * [1.5, 1.0, 1.0]
-    offset = direction / np.linalg.norm(direction) * (2.0 + 9.0 * s)  # a Delta-E of 2..11
+    offset = direction / np.linalg.norm(direction) * (2.0 + 6.0 * s)  # a Delta-E of 2..8
     contrast = 1.0 + ctx.rng.uniform(-0.15, 0.15) * s
     matched = from_lab((src - mu_s) / sd_s * sd_r * contrast + mu_r + offset)
-    sigma = 0.3 + 1.2 * s
+    sigma = 0.3 + 0.8 * s
     matched = cv2.GaussianBlur(matched, (0, 0), sigma)
     params.update(lift=lift, colour_offset_lab=offset, contrast=contrast, blur_sigma=sigma)
     return matched, hull, (rows, cols), params, donor
@@ -138,8 +138,9 @@ def swap_poisson(ctx: ForgeContext) -> Edit:
     # seamlessClone places the mask's bounding box centred on `center` (integer halves): this keeps it put.
     center = (int(xs.min() + (xs.max() - xs.min() + 1) // 2), int(ys.min() + (ys.max() - ys.min() + 1) // 2))
     crop = ctx.face.image[rows, cols]
+    # seamlessClone writes into its mask argument (OpenCV 4.x), so it gets a copy.
     cloned = cv2.seamlessClone(np.clip(pasted, 0, 255).astype(np.uint8), np.ascontiguousarray(crop),
-                               clone_mask, center, cv2.NORMAL_CLONE)
+                               clone_mask.copy(), center, cv2.NORMAL_CLONE)
     image = ctx.face.image.copy()
     image[rows, cols] = cloned
     changed = np.zeros(ctx.shape, bool)

@@ -23,16 +23,19 @@ def gan_upsample(ctx: ForgeContext) -> Edit:
     region = _person(ctx)
     h, w = ctx.shape
     image = ctx.face.image.astype(np.float32)
-    low = cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
-    up = cv2.resize(low, (w, h), interpolation=cv2.INTER_NEAREST)
-    up = cv2.GaussianBlur(up, (0, 0), 0.5)
-    yy, xx = np.mgrid[0:h, 0:w]
-    checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0).astype(np.float32)
-    amplitude = 2.0 + 6.0 * ctx.strength
-    fake = up + amplitude * checker[..., None]
-    out = np.where(region[..., None], fake, image)
+    low = cv2.resize(image, ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_AREA)
+    # A stride-2 transposed convolution is zero insertion followed by a convolution. With the 3-tap kernel
+    # [a, 1, a], pixels on the inserted rows/columns get a * (two neighbours): a = 1/2 would be plain
+    # bilinear interpolation, a larger a makes them (1 + gain) times too bright, the classic checkerboard.
+    gain = 0.03 + 0.09 * ctx.strength
+    taps = np.array([0.5 * (1 + gain), 1.0, 0.5 * (1 + gain)], np.float32)
+    zeros = np.zeros((2 * low.shape[0], 2 * low.shape[1], 3), np.float32)
+    zeros[::2, ::2] = low
+    up = cv2.sepFilter2D(zeros, -1, taps, taps, borderType=cv2.BORDER_REFLECT)[:h, :w]
+    up /= (1 + (1 + gain)) ** 2 / 4  # mean gain over the 2x2 phases: the grid, not a brightness shift
+    out = np.where(region[..., None], up, image)
     return Edit(np.clip(out + 0.5, 0, 255).astype(np.uint8), [(("grid_pattern", "blur"), region)],
-                {"checker_amplitude": amplitude})
+                {"kernel_gain": gain})
 
 
 @register_method("EFS", "spectral_peaks")
