@@ -44,13 +44,13 @@ def batch(model: FiFaMLLM) -> dict:
 
 def test_forward_shapes_and_finite_losses(model: FiFaMLLM, batch: dict) -> None:
     out = model(**batch)
-    length = batch["input_ids"].shape[1] - 1 + model.config.num_patches
+    length = batch["input_ids"].shape[1] - 1 + model.config.num_image_tokens
     assert out["logits"].shape == (2, length, model.config.vocab_size)
     for key in ("loss", "ce", "bce", "dice"):
         assert out[key].ndim == 0 and torch.isfinite(out[key]) and out[key] > 0
     c = model.config
     assert torch.isclose(out["loss"], c.ce_weight * out["ce"] + c.bce_weight * out["bce"] + c.dice_weight * out["dice"])
-    assert (c.ce_weight, c.bce_weight, c.dice_weight) == (1.0, 2.0, 0.5)
+    assert (c.ce_weight, c.bce_weight, c.dice_weight) == (1.0, 2.0, 1.0)
     counts = model.parameter_counts()
     assert set(counts) == {"image_encoder", "projector", "region_encoder", "lm", "mask_decoder", "total"}
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
@@ -161,3 +161,20 @@ def test_tokenizer_keeps_special_tokens_whole(tmp_path) -> None:
     assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
     built = build_tiny(CORPUS, config=dataclasses.replace(config, **TINY), tokenizer_vocab_size=300)
     assert built.config.vocab_size == len(built.tokenizer)
+
+
+def test_conv_stem_and_token_pooling_shapes() -> None:
+    from fifa_lab.model.image_encoder import ConvPatchEmbeddings, ImageEncoder
+
+    config = FiFaConfig(image_size=64, patch_size=16, vision_hidden_size=32, vision_layers=1, vision_heads=2)
+    encoder = ImageEncoder(config)
+    assert isinstance(encoder.vit.embeddings.patch_embeddings, ConvPatchEmbeddings)
+    tokens, grid = encoder(torch.rand(3, 3, 64, 64))
+    assert tokens.shape == (3, 16, 32) and grid.shape == (3, 32, 4, 4)
+    assert config.num_image_tokens == 4  # the 4x4 grid pooled 2x2 for the LM
+    with pytest.raises(ValueError, match="power-of-two"):
+        ImageEncoder(FiFaConfig(image_size=56, patch_size=14, vision_hidden_size=32, vision_heads=2))
+    with pytest.raises(ValueError, match="image_token_pool"):
+        FiFaConfig(image_size=48, patch_size=16, image_token_pool=2)
+    # patch-14 towers (CLIP-L/14, SigLIP) are accepted by the config: only the conv stem needs powers of two
+    assert FiFaConfig(image_size=224, patch_size=14, vision_stem="patch").grid_size == 16

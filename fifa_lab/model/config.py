@@ -23,12 +23,16 @@ class FiFaConfig:
     """Every hyper-parameter of FiFa-MLLM.
 
     The image is square, ``image_size`` pixels a side, cut into ``(image_size / patch_size) ** 2`` patches;
-    each ``<image>`` token of a prompt becomes that many patch embeddings in the LM's input.
+    each ``<image>`` token of a prompt becomes :attr:`num_image_tokens` embeddings in the LM's input.
     """
 
     image_size: int = 256
     patch_size: int = 16
-    # tiny ViT (transformers ViTModel, random init)
+    # the LM sees the patch grid average-pooled by this factor per side (the mask decoder sees it whole):
+    # 2 turns 256 patch tokens into 64, which is most of the LM's cost for short answers
+    image_token_pool: int = 2
+    # tiny ViT (transformers ViTModel, random init); "conv" stem = hybrid ViT, "patch" = plain 16x16 projection
+    vision_stem: str = "conv"
     vision_hidden_size: int = 128
     vision_layers: int = 4
     vision_heads: int = 4
@@ -40,10 +44,13 @@ class FiFaConfig:
     vocab_size: int = 0  # 0 = not set yet; the tokenizer decides
     max_length: int = 512  # text tokens (the patch tokens of <image> come on top)
     mask_decoder_dim: int = 64
-    # GLaMM's loss weights: token CE, mask BCE, mask Dice
+    # channels of the mask decoder's stem on the raw image at 1/4 resolution (0 = none): patch features
+    # alone put mask edges on a patch-sized grid
+    pixel_stem_channels: int = 32
+    # loss weights: token CE, mask BCE, mask Dice. GLaMM uses Dice 0.5; 1.0 here because small artifact masks let BCE alone settle on empty masks
     ce_weight: float = 1.0
     bce_weight: float = 2.0
-    dice_weight: float = 0.5
+    dice_weight: float = 1.0
     special_tokens: list[str] = field(
         default_factory=lambda: [IMAGE_TOKEN, REGION_TOKEN, PHRASE_START, PHRASE_END, SEG_TOKEN])
     pad_token: str = "<pad>"
@@ -53,9 +60,13 @@ class FiFaConfig:
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if self.patch_size % 4:
-            # the pixel decoder works at H/4; it upsamples the patch grid by patch_size / 4
-            raise ValueError(f"patch_size must be a multiple of 4, got {self.patch_size}")
+        if self.vision_stem not in ("conv", "patch"):
+            raise ValueError(f"vision_stem must be 'conv' or 'patch', got {self.vision_stem!r}")
+        if self.image_size % 4:
+            raise ValueError(f"image_size must be a multiple of 4 (the pixel decoder works at 1/4), got {self.image_size}")
+        if self.image_token_pool < 1 or self.grid_size % self.image_token_pool:
+            raise ValueError(f"image_token_pool {self.image_token_pool} must be >= 1 and divide the "
+                             f"{self.grid_size}-patch grid")
         for name in ("vision", "lm"):
             hidden, heads = getattr(self, f"{name}_hidden_size"), getattr(self, f"{name}_heads")
             if hidden % heads:
@@ -71,8 +82,13 @@ class FiFaConfig:
 
     @property
     def num_patches(self) -> int:
-        """Patch tokens one ``<image>`` expands to: ``grid_size ** 2``."""
+        """Patches of the encoder grid: ``grid_size ** 2``."""
         return self.grid_size ** 2
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Embeddings one ``<image>`` expands to in the LM: ``(grid_size / image_token_pool) ** 2``."""
+        return (self.grid_size // self.image_token_pool) ** 2
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

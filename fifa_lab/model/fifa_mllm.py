@@ -2,11 +2,13 @@
 
 Data flow (shapes for batch ``B``, text length ``T``, ``N`` patches, LM width ``D``)::
 
-    images (B, 3, H, W) -> ImageEncoder -> tokens (B, N, Dv), grid (B, Dv, H/p, W/p)
-    tokens -> projector -> (B, N, D): the one <image> token of each prompt expands into these N embeddings
+    images (B, 3, H, W) -> ImageEncoder -> tokens (B, P, Dv), grid (B, Dv, H/p, W/p)
+    grid -> avg-pool by image_token_pool -> projector -> (B, N, D): the one <image> token of each prompt
+        expands into these N embeddings
+    images -> MaskDecoder stem (1/4 resolution) + grid -> pixel embeddings (B, C, H/4, W/4)
     grid + region mask (B, H, W) -> RegionEncoder -> (B, D): replaces the <region> token's embedding
     LM(inputs_embeds (B, T - 1 + N, D)) -> logits, last hidden states
-    hidden state at each [SEG] (K, D) + grid -> MaskDecoder -> mask logits (K, H, W)
+    hidden state at each [SEG] (K, D) . pixel embeddings -> MaskDecoder -> mask logits (K, H, W)
 
 Training sequences are ``<s> prompt target </s>`` with labels only on ``target </s>``; the i-th ``[SEG]``
 of a target owns the i-th mask (DESIGN.md, Records).
@@ -68,6 +70,7 @@ class _LMRun:
     input_ids: torch.Tensor  # (B, T'), <image> repeated over its N patch positions
     attention_mask: torch.Tensor  # (B, T')
     grid: torch.Tensor  # (B, Dv, H/p, W/p)
+    images: torch.Tensor  # (B, 3, H, W), for the mask decoder's stem
 
 
 class FiFaMLLM(nn.Module):
@@ -102,7 +105,7 @@ class FiFaMLLM(nn.Module):
             vocab_size=config.vocab_size, hidden_size=config.lm_hidden_size,
             intermediate_size=config.lm_intermediate_size, num_hidden_layers=config.lm_layers,
             num_attention_heads=config.lm_heads, num_key_value_heads=config.lm_heads,
-            max_position_embeddings=config.max_length + config.num_patches,
+            max_position_embeddings=config.max_length + config.num_image_tokens,
             pad_token_id=self.token_ids[config.pad_token], bos_token_id=self.token_ids[config.bos_token],
             eos_token_id=self.token_ids[config.eos_token], tie_word_embeddings=False))
         self.mask_decoder = MaskDecoder(config)
@@ -162,6 +165,9 @@ class FiFaMLLM(nn.Module):
         if input_ids.shape[0] != batch:
             raise ValueError(f"{batch} images but {input_ids.shape[0]} token rows")
         tokens, grid = self.image_encoder(images)
+        pool = self.config.image_token_pool
+        if pool > 1:
+            tokens = F.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)  # (B, N, Dv), raster order
         image_embeds = self.projector(tokens)  # (B, N, D)
         embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, D)
 
@@ -192,7 +198,7 @@ class FiFaMLLM(nn.Module):
         if labels is not None:
             labels = _splice(labels, at, torch.full_like(ids[:, :num], IGNORE_INDEX))
         output = self.lm(inputs_embeds=embeds, attention_mask=mask, labels=labels, **lm_kwargs)
-        return _LMRun(output=output, input_ids=ids, attention_mask=mask, grid=grid)
+        return _LMRun(output=output, input_ids=ids, attention_mask=mask, grid=grid, images=images)
 
     def _seg_hidden(self, run: _LMRun) -> list[torch.Tensor]:
         """Per row, the last-layer hidden states at its ``[SEG]`` tokens: ``(K_b, D)``."""
@@ -218,7 +224,7 @@ class FiFaMLLM(nn.Module):
         if seg_masks is not None:
             if len(seg_masks) != images.shape[0]:
                 raise ValueError(f"seg_masks has {len(seg_masks)} entries for {images.shape[0]} images")
-            pixel = self.mask_decoder.pixel_embeddings(run.grid)
+            pixel = self.mask_decoder.pixel_embeddings(run.grid, run.images)
             logits, targets = [], []
             for b, hidden in enumerate(self._seg_hidden(run)):
                 target = seg_masks[b]
@@ -321,7 +327,7 @@ class FiFaMLLM(nn.Module):
         hidden = hidden[hidden.shape[0] - answer_ids.count(self.token_ids[SEG_TOKEN]):]
         size = self.config.image_size
         if hidden.shape[0]:
-            pixel = self.mask_decoder.pixel_embeddings(run.grid)[0]
+            pixel = self.mask_decoder.pixel_embeddings(run.grid, run.images)[0]
             masks = (self.mask_decoder(hidden, pixel) > 0).cpu().numpy()
         else:
             masks = np.zeros((0, size, size), dtype=bool)

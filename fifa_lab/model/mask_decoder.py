@@ -1,4 +1,9 @@
-"""The mask decoder: each ``[SEG]`` hidden state becomes a query over light pixel embeddings."""
+"""The mask decoder: each ``[SEG]`` hidden state becomes a query over light pixel embeddings.
+
+Pixel embeddings are the encoder grid, upsampled to 1/4 resolution, plus (``pixel_stem_channels`` > 0) a
+two-convolution stem on the raw image at the same resolution, so mask edges can follow image edges
+rather than the patch grid.
+"""
 from __future__ import annotations
 
 import torch
@@ -9,7 +14,7 @@ from fifa_lab.model.config import FiFaConfig
 
 
 class MaskDecoder(nn.Module):
-    """``[SEG]`` hidden states ``(K, D_lm)`` + encoder grid -> mask logits ``(K, H, W)``."""
+    """``[SEG]`` hidden states ``(K, D_lm)`` + encoder grid + image -> mask logits ``(K, H, W)``."""
 
     def __init__(self, config: FiFaConfig) -> None:
         super().__init__()
@@ -23,15 +28,22 @@ class MaskDecoder(nn.Module):
                                     nn.GELU())
         self.stage2 = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.GroupNorm(1, dim), nn.GELU(),
                                     nn.Conv2d(dim, dim, 1))
+        stem = config.pixel_stem_channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, stem, 3, stride=2, padding=1), nn.GroupNorm(1, stem), nn.GELU(),
+            nn.Conv2d(stem, dim, 3, stride=2, padding=1)) if stem else None
 
-    def pixel_embeddings(self, grid: torch.Tensor) -> torch.Tensor:
-        """Encoder grid ``(B, Dv, H/p, W/p)`` -> pixel embeddings ``(B, C, H/4, W/4)``."""
+    def pixel_embeddings(self, grid: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Encoder grid ``(B, Dv, H/p, W/p)`` and images ``(B, 3, H, W)`` in [0, 1] -> ``(B, C, H/4, W/4)``."""
         size = self.config.image_size // 4
         x = self.stage1(grid)
         # two upsampling stages: x2 first, then whatever is left to reach H/4
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         x = self.stage2(x)
-        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        if self.stem is not None:
+            x = x + self.stem(images * 2.0 - 1.0)
+        return x
 
     def forward(self, seg_hidden: torch.Tensor, pixel_embeds: torch.Tensor) -> torch.Tensor:
         """Mask logits ``(K, H, W)`` for ``seg_hidden`` ``(K, D_lm)`` over one image's ``(C, H/4, W/4)``."""
