@@ -1,6 +1,6 @@
 """Pretrained build: local HF vision tower + causal LM + LoRA, training scope, merge/export, path errors.
 
-Tiny stand-ins for the real checkpoints are created offline in ``tmp_path`` with ``save_pretrained``.
+Tiny stand-ins for the real checkpoints come from the ``hf_paths`` fixture (``conftest.py``).
 """
 from __future__ import annotations
 
@@ -9,36 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, ViTConfig, ViTModel
 
 from fifa_lab.model import FiFaConfig, FiFaMLLM
 from fifa_lab.model.pretrained import LoraSettings, build_pretrained, merge_lora, trainable_parameters
+from conftest import HF_SIZE as SIZE
 
-SIZE = 64
-SENTENCES = ["the face is fake", "the left eye is blurred", "the mouth looks natural", "where is this face edited",
-             "explain what is odd about the nose", "it is real"]
 PROMPTS = ["<image> Where is this face manipulated?", "<image> Explain what is odd about <region>."]
 TARGETS = ["The face is fake: <p>the left eye</p> [SEG] is blurred.", "It is real; <p>the mouth</p> [SEG] looks natural."]
-
-
-@pytest.fixture(scope="module")
-def paths(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Save a tiny ViT and a tiny Llama (with an offline WordLevel tokenizer) as local HF folders."""
-    root = tmp_path_factory.mktemp("hf")
-    torch.manual_seed(0)
-    ViTModel(ViTConfig(image_size=SIZE, patch_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=64)).save_pretrained(root / "vit")
-    backend = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.train_from_iterator(SENTENCES, trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "<s>", "</s>"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
-                                        bos_token="<s>", eos_token="</s>")
-    tokenizer.save_pretrained(root / "llama")
-    LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                 num_key_value_heads=2, vocab_size=len(tokenizer), pad_token_id=1, bos_token_id=2,
-                                 eos_token_id=3)).save_pretrained(root / "llama")
-    return root / "vit", root / "llama"
 
 
 def _square(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
@@ -55,14 +32,14 @@ def _batch(model: FiFaMLLM) -> dict:
                 **model.encode(PROMPTS, TARGETS))
 
 
-def _build(paths: tuple[Path, Path]) -> FiFaMLLM:
+def _build(hf_paths: tuple[Path, Path]) -> FiFaMLLM:
     torch.manual_seed(2)
     # a small mask decoder keeps the heads in proportion to the 32-wide stand-in models
-    return build_pretrained(*paths, config=FiFaConfig(mask_decoder_dim=16, max_length=64))
+    return build_pretrained(*hf_paths, config=FiFaConfig(mask_decoder_dim=16, max_length=64))
 
 
-def test_builds_from_paths_and_forward_is_finite(paths: tuple[Path, Path]) -> None:
-    model = _build(paths)
+def test_builds_from_paths_and_forward_is_finite(hf_paths: tuple[Path, Path]) -> None:
+    model = _build(hf_paths)
     assert isinstance(model.lm, PeftModel)
     c = model.config
     assert (c.image_size, c.patch_size, c.vision_hidden_size, c.lm_hidden_size) == (SIZE, 16, 32, 32)
@@ -75,8 +52,8 @@ def test_builds_from_paths_and_forward_is_finite(paths: tuple[Path, Path]) -> No
         assert torch.isfinite(out[key]) and out[key] > 0
 
 
-def test_only_lora_new_rows_and_heads_train(paths: tuple[Path, Path]) -> None:
-    model = _build(paths)
+def test_only_lora_new_rows_and_heads_train(hf_paths: tuple[Path, Path]) -> None:
+    model = _build(hf_paths)
     trainable, total = trainable_parameters(model)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert not any(n.startswith("image_encoder.") for n in names)
@@ -92,8 +69,8 @@ def test_only_lora_new_rows_and_heads_train(paths: tuple[Path, Path]) -> None:
     assert trainable < 0.3 * total
 
 
-def test_training_moves_lora_not_the_vision_tower(paths: tuple[Path, Path]) -> None:
-    model = _build(paths).train()
+def test_training_moves_lora_not_the_vision_tower(hf_paths: tuple[Path, Path]) -> None:
+    model = _build(hf_paths).train()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     batch = _batch(model)
@@ -108,8 +85,8 @@ def test_training_moves_lora_not_the_vision_tower(paths: tuple[Path, Path]) -> N
     assert not any(n.startswith("lm.") and "lora_" not in n and "token_adapter" not in n for n in changed)
 
 
-def test_merge_lora_then_save_load_round_trip(paths: tuple[Path, Path], tmp_path: Path) -> None:
-    model = _build(paths)
+def test_merge_lora_then_save_load_round_trip(hf_paths: tuple[Path, Path], tmp_path: Path) -> None:
+    model = _build(hf_paths)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     batch = _batch(model)
     for _ in range(2):  # non-zero LoRA B, so merging actually changes weights
@@ -129,8 +106,8 @@ def test_merge_lora_then_save_load_round_trip(paths: tuple[Path, Path], tmp_path
     assert loaded.tokenizer.get_vocab() == merged.tokenizer.get_vocab()
 
 
-def test_unmerged_checkpoint_round_trips(paths: tuple[Path, Path], tmp_path: Path) -> None:
-    model = _build(paths).eval()
+def test_unmerged_checkpoint_round_trips(hf_paths: tuple[Path, Path], tmp_path: Path) -> None:
+    model = _build(hf_paths).eval()
     model.save_pretrained(tmp_path / "ckpt")
     loaded = FiFaMLLM.from_pretrained(tmp_path / "ckpt")
     assert isinstance(loaded.lm, PeftModel)
@@ -139,16 +116,16 @@ def test_unmerged_checkpoint_round_trips(paths: tuple[Path, Path], tmp_path: Pat
         assert torch.equal(loaded(**batch)["logits"], model(**batch)["logits"])
 
 
-def test_lora_settings_are_used(paths: tuple[Path, Path]) -> None:
-    model = build_pretrained(*paths, lora=LoraSettings(rank=4, alpha=8, dropout=0.0, targets=("q_proj",)))
+def test_lora_settings_are_used(hf_paths: tuple[Path, Path]) -> None:
+    model = build_pretrained(*hf_paths, lora=LoraSettings(rank=4, alpha=8, dropout=0.0, targets=("q_proj",)))
     lora = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n)
     assert lora == 4 * 32 + 32 * 4
-    full = build_pretrained(*paths, lora=None)  # no adapters: the whole LM trains
+    full = build_pretrained(*hf_paths, lora=None)  # no adapters: the whole LM trains
     assert all(p.requires_grad for p in full.lm.parameters())
 
 
-def test_missing_or_wrong_paths_fail_clearly(paths: tuple[Path, Path], tmp_path: Path) -> None:
-    vit, llama = paths
+def test_missing_or_wrong_paths_fail_clearly(hf_paths: tuple[Path, Path], tmp_path: Path) -> None:
+    vit, llama = hf_paths
     with pytest.raises(FileNotFoundError, match=r"nowhere.*vision model"):
         build_pretrained(tmp_path / "nowhere", llama)
     with pytest.raises(FileNotFoundError, match=r"nowhere.*causal LM"):

@@ -72,13 +72,18 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     seed: int = 0
-    mixed_precision: str = "no"
+    mixed_precision: str = "no"  # "bf16"/"fp16" where the device has it (accelerate's setting)
+    device: str = "auto"  # "auto" (accelerate's pick: GPU when present), "cpu" or "cuda"
     stop_after: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' but torch sees no CUDA GPU here; use device='cpu' or 'auto'")
         if self.stop_after is not None and not 0 < self.stop_after <= self.steps:
             raise ValueError(f"stop_after must be in 1..steps={self.steps}, got {self.stop_after}")
 
@@ -119,10 +124,11 @@ def _task_ce(model: FiFaMLLM, batch: dict[str, Any], logits: torch.Tensor) -> di
 def evaluate(model: FiFaMLLM, dataset: SampleDataset, max_samples: int = 16) -> dict[str, float]:
     """Det accuracy (greedy answer names the right one of fake/real) and Loc mIoU on ``dataset``.
 
-    Loc masks come from :meth:`FiFaMLLM.ground` on the reference answer (teacher-forced), so the score
-    measures the masks even while the model cannot yet write ``[SEG]`` itself; the IoU is of the union of
-    predicted vs reference masks, 1 when both are empty. ``score`` = det_acc + loc_miou; a metric with no
-    samples counts 0.
+    Loc is scored on fakes only (samples whose reference has masks): on a real image an empty answer
+    would score a free IoU of 1. Masks come from :meth:`FiFaMLLM.ground` on the reference answer
+    (teacher-forced), so the score measures the masks even while the model cannot yet write ``[SEG]``
+    itself; the IoU is of the union of predicted vs reference masks. ``score`` = det_acc + loc_miou; a
+    metric with no samples counts 0.
     """
     was_training = model.training
     model.eval()
@@ -135,17 +141,17 @@ def evaluate(model: FiFaMLLM, dataset: SampleDataset, max_samples: int = 16) -> 
         guess = "fake" if "fake" in answer else "real" if "real" in answer else None
         correct.append(guess == truth)
     size = model.config.image_size
-    for index in np.flatnonzero(tasks == "Loc")[:max_samples]:
-        row = dataset.samples[int(index)]
-        region = dataset[int(index)]["region"]
-        masks = model.ground(dataset.image(int(index)), row["prompt"], row["target"],
+    fakes = [int(i) for i in np.flatnonzero(tasks == "Loc") if len(dataset.samples[int(i)]["target_masks"])]
+    for index in fakes[:max_samples]:
+        row = dataset.samples[index]
+        region = dataset[index]["region"]
+        masks = model.ground(dataset.image(index), row["prompt"], row["target"],
                              region=None if region is None else region.numpy().astype(bool)).masks
         pred = masks.any(0) if len(masks) else np.zeros((size, size), bool)
         truth = np.zeros((size, size), bool)
         for rle in row["target_masks"]:
             truth |= resize_mask(decode_rle(rle), size)
-        union = (pred | truth).sum()
-        ious.append(1.0 if union == 0 else float((pred & truth).sum() / union))
+        ious.append(float((pred & truth).sum() / max(1, (pred | truth).sum())))
     model.train(was_training)
     det = float(np.mean(correct)) if correct else 0.0
     loc = float(np.mean(ious)) if ious else 0.0
@@ -191,7 +197,7 @@ def train(run_dir: str | os.PathLike, model: FiFaMLLM, config: TrainConfig | Non
     run_dir = Path(run_dir)
     model_dir = run_dir / MODEL_DIR
     log_path = model_dir / LOG_FILE
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu")
     set_seed(config.seed)
 
     data = load_datasets(run_dir)
