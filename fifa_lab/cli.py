@@ -72,6 +72,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pipeline.add_argument("--timeout", type=int, metavar="SECONDS", help="limit on any single cell's run time")
     pipeline.set_defaults(func=_pipeline)
+
+    train = commands.add_parser(
+        "train",
+        help="train FiFa-MLLM on a run folder's data (works under `accelerate launch`)",
+        description="Train FiFa-MLLM on RUN_DIR/data, writing RUN_DIR/model/ (checkpoints, train_log.jsonl, best/). "
+        "A run folder with checkpoints resumes. Multi-GPU: accelerate launch -m fifa_lab.cli train ...",
+    )
+    train.add_argument("--run-dir", type=Path, required=True, metavar="DIR", help="run folder with data/")
+    train.add_argument("--backbone", choices=("tiny", "pretrained"), default="tiny")
+    train.add_argument("--vision-path", help="pretrained: local Hugging Face vision model folder")
+    train.add_argument("--lm-path", help="pretrained: local Hugging Face causal LM folder (with tokenizer)")
+    train.add_argument("--no-lora", action="store_true", help="pretrained: fine-tune the whole LM, no adapters")
+    train.add_argument("--lora-rank", type=int, default=8)
+    defaults = PROFILES["default"]
+    train.add_argument("--steps", type=int, default=defaults["train_steps"])
+    train.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="per process")
+    train.add_argument("--grad-accum", type=int, default=1)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--task-ratios", default="", metavar="'Det=2, RSeg=0'", help="task mixture (missing = 1)")
+    train.add_argument("--eval-every", type=int, default=defaults["eval_every"])
+    train.add_argument("--eval-samples", type=int, default=defaults["eval_samples"])
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(func=_train)
     return parser
 
 
@@ -87,12 +112,28 @@ def _pipeline(args: argparse.Namespace) -> None:
     )
 
 
+def _train(args: argparse.Namespace) -> None:
+    # lazy: torch and transformers take seconds to import, which `fifa-lab pipeline` does not need
+    from fifa_lab.train import TrainConfig, train
+    from fifa_lab.train.recipe import ModelChoice, parse_task_ratios, prepare_model
+
+    choice = ModelChoice(backbone=args.backbone, vision_path=args.vision_path, lm_path=args.lm_path,
+                         lora=not args.no_lora, lora_rank=args.lora_rank, seed=args.seed)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                         task_ratios=parse_task_ratios(args.task_ratios), eval_every=args.eval_every,
+                         eval_samples=args.eval_samples, checkpoint_every=args.eval_every, seed=args.seed,
+                         device=args.device, mixed_precision=args.mixed_precision)
+    result = train(args.run_dir, prepare_model(args.run_dir, choice), config)
+    print(f"trained steps {result['start_step']} -> {result['step']}; best step {result['best_step']} "
+          f"(score {result['best_score']}); model: {result['best']}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fifa-lab`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except PipelineError as exc:
+    except (PipelineError, ValueError, FileNotFoundError) as exc:
         print(f"fifa-lab: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -52,7 +52,7 @@ def test_forward_shapes_and_finite_losses(model: FiFaMLLM, batch: dict) -> None:
     assert torch.isclose(out["loss"], c.ce_weight * out["ce"] + c.bce_weight * out["bce"] + c.dice_weight * out["dice"])
     assert (c.ce_weight, c.bce_weight, c.dice_weight) == (1.0, 2.0, 1.0)
     counts = model.parameter_counts()
-    assert set(counts) == {"image_encoder", "projector", "region_encoder", "lm", "mask_decoder", "total"}
+    assert set(counts) == {"image_encoder", "projector", "region_encoder", "lm", "mask_decoder", "forgery_head", "total"}
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
 
 
@@ -171,7 +171,7 @@ def test_conv_stem_and_token_pooling_shapes() -> None:
     assert isinstance(encoder.vit.embeddings.patch_embeddings, ConvPatchEmbeddings)
     tokens, grid = encoder(torch.rand(3, 3, 64, 64))
     assert tokens.shape == (3, 16, 32) and grid.shape == (3, 32, 4, 4)
-    assert config.num_image_tokens == 4  # the 4x4 grid pooled 2x2 for the LM
+    assert config.num_image_tokens == 5  # the 4x4 grid pooled 2x2 for the LM, plus the global token
     with pytest.raises(ValueError, match="power-of-two"):
         ImageEncoder(FiFaConfig(image_size=56, patch_size=14, vision_hidden_size=32, vision_heads=2))
     with pytest.raises(ValueError, match="image_token_pool"):

@@ -60,8 +60,8 @@ def test_only_lora_new_rows_and_heads_train(hf_paths: tuple[Path, Path]) -> None
     # LoRA on q_proj and v_proj of one layer: A (r x 32) + B (32 x r) each
     lora = 2 * (8 * 32 + 32 * 8)
     new_rows = 5 * 32 * 2  # 5 FiFa tokens, rows of the (untied) input embedding and LM head
-    heads = sum(p.numel() for part in (model.projector, model.region_encoder, model.mask_decoder)
-                for p in part.parameters())
+    heads = sum(p.numel() for part in (model.projector, model.region_encoder, model.mask_decoder,
+                                       model.forgery_head) for p in part.parameters())
     assert trainable == lora + new_rows + heads
     assert sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n) == lora
     lm_total = sum(p.numel() for p in model.lm.parameters())

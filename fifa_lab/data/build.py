@@ -21,6 +21,7 @@ their samples likewise, so the data does not depend on ``num_proc``, batch sizes
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -51,6 +52,7 @@ from fifa_lab.data.records import (
 from fifa_lab.faces import synth_face
 from fifa_lab.fict import load_tree
 from fifa_lab.forge import forge
+from fifa_lab.forge.post import apply_post, random_chain
 from fifa_lab.io import atomic_path, write_json
 from fifa_lab.tasks import FIFA11, SAMPLE_FEATURES, TASKS, build_samples
 
@@ -107,6 +109,10 @@ def face_records(index: int, config: dict[str, Any]) -> list[dict[str, Any]]:
     Fakes cycle through ``classes`` across faces (face i, fake j gets ``classes[(i*k + j) % len]``) so
     the classes stay balanced for any number of faces. The annotator sees the fake, its real source and
     the fake's own geometry (the image it explains), never the ground-truth mask.
+
+    With ``post="random"`` the stored real image goes through its own random post-processing chain
+    (JPEG, resizing, blur, noise), as every fake does: were only fakes compressed, "is it compressed"
+    would answer "is it fake", and a detector would learn that shortcut instead of forgery traces.
     """
     seed, size = config["seed"], config["size"]
     classes, per_face = config["classes"], config["fakes_per_face"]
@@ -115,7 +121,12 @@ def face_records(index: int, config: dict[str, Any]) -> list[dict[str, Any]]:
     face_seed = _derived_seed(seed, index)
     face = synth_face(face_seed, size)
     provenance = {"generator": "synthetic", "seed": seed, "face_index": index, "face_seed": face_seed}
-    records = [make_record(face, source_id=source_id, params=provenance, tree=tree)]
+    real_params, shown = provenance, face
+    if config["post"] == "random":
+        chain = random_chain(np.random.default_rng(_derived_seed(seed, index, 0)))
+        shown = dataclasses.replace(face, image=apply_post(face.image, chain))
+        real_params = {**provenance, "post": chain}
+    records = [make_record(shown, source_id=source_id, params=real_params, tree=tree)]
     for j in range(per_face):
         forgery_class = classes[(index * per_face + j) % len(classes)]
         forge_seed = _derived_seed(seed, index, j + 1)

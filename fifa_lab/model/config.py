@@ -51,6 +51,8 @@ class FiFaConfig:
     ce_weight: float = 1.0
     bce_weight: float = 2.0
     dice_weight: float = 1.0
+    # the forgery head's loss (detection BCE + artifact-mask BCE and Dice on every image); 0 = off
+    forgery_weight: float = 1.0
     special_tokens: list[str] = field(
         default_factory=lambda: [IMAGE_TOKEN, REGION_TOKEN, PHRASE_START, PHRASE_END, SEG_TOKEN])
     pad_token: str = "<pad>"
@@ -87,8 +89,9 @@ class FiFaConfig:
 
     @property
     def num_image_tokens(self) -> int:
-        """Embeddings one ``<image>`` expands to in the LM: ``(grid_size / image_token_pool) ** 2``."""
-        return (self.grid_size // self.image_token_pool) ** 2
+        """Embeddings one ``<image>`` expands to in the LM: ``(grid_size / image_token_pool) ** 2`` pooled
+        patches plus one global token (the grid's mean)."""
+        return (self.grid_size // self.image_token_pool) ** 2 + 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -32,6 +32,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from fifa_lab.data.masks import box_to_mask
 from fifa_lab.io import atomic_path
 from fifa_lab.model.config import PHRASE_END, PHRASE_START, FiFaConfig
+from fifa_lab.model.forgery_head import ForgeryHead
 from fifa_lab.model.image_encoder import ImageEncoder
 from fifa_lab.model.mask_decoder import MaskDecoder
 from fifa_lab.model.region_encoder import RegionEncoder
@@ -109,6 +110,7 @@ class FiFaMLLM(nn.Module):
             pad_token_id=self.token_ids[config.pad_token], bos_token_id=self.token_ids[config.bos_token],
             eos_token_id=self.token_ids[config.eos_token], tie_word_embeddings=False))
         self.mask_decoder = MaskDecoder(config)
+        self.forgery_head = ForgeryHead(config)
 
     # --- text ---------------------------------------------------------------------------------------
 
@@ -167,7 +169,9 @@ class FiFaMLLM(nn.Module):
         tokens, grid = self.image_encoder(images)
         pool = self.config.image_token_pool
         if pool > 1:
-            tokens = F.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)  # (B, N, Dv), raster order
+            tokens = F.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)  # (B, N - 1, Dv), raster order
+        # one global token (the mean of the grid, what the forgery head classifies) after the patches
+        tokens = torch.cat([tokens, grid.mean((2, 3))[:, None]], 1)
         image_embeds = self.projector(tokens)  # (B, N, D)
         embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, D)
 
@@ -208,19 +212,23 @@ class FiFaMLLM(nn.Module):
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: torch.Tensor | None = None, regions: torch.Tensor | None = None,
-                seg_masks: Sequence[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                seg_masks: Sequence[torch.Tensor] | None = None, is_fake: torch.Tensor | None = None,
+                artifact_masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Training/eval pass.
 
         ``images`` ``(B, 3, H, W)`` in [0, 1]; ``input_ids``/``attention_mask``/``labels`` ``(B, T)`` from
         :meth:`encode`; ``regions`` ``(B, H, W)`` masks for rows with ``<region>`` (other rows ignored);
-        ``seg_masks`` one ``(K_b, H, W)`` tensor per row, ``K_b`` = that row's ``[SEG]`` count.
-        Returns ``loss`` (weighted sum), ``ce``, ``bce``, ``dice`` (zero when not computed) and ``logits``
-        ``(B, T - 1 + N, V)``.
+        ``seg_masks`` one ``(K_b, H, W)`` tensor per row, ``K_b`` = that row's ``[SEG]`` count;
+        ``is_fake`` ``(B,)`` and ``artifact_masks`` ``(B, H, W)`` the image labels of the forgery head.
+        Returns ``loss`` (weighted sum), ``ce``, ``bce``, ``dice``, ``forgery`` (zero when not computed) and
+        ``logits`` ``(B, T - 1 + N, V)``.
         """
         run = self._run(images, input_ids, attention_mask, labels, regions, output_hidden_states=True)
         zero = run.output.logits.new_zeros(())
         ce = run.output.loss if labels is not None else zero
-        bce, dice = zero, zero
+        bce, dice, forgery = zero, zero, zero
+        size = self.config.image_size
+        pixel = None
         if seg_masks is not None:
             if len(seg_masks) != images.shape[0]:
                 raise ValueError(f"seg_masks has {len(seg_masks)} entries for {images.shape[0]} images")
@@ -228,7 +236,6 @@ class FiFaMLLM(nn.Module):
             logits, targets = [], []
             for b, hidden in enumerate(self._seg_hidden(run)):
                 target = seg_masks[b]
-                size = self.config.image_size
                 if target.ndim != 3 or tuple(target.shape[1:]) != (size, size) or target.shape[0] != hidden.shape[0]:
                     raise ValueError(f"row {b} has {hidden.shape[0]} {SEG_TOKEN} tokens, so seg_masks[{b}] must be "
                                      f"({hidden.shape[0]}, {size}, {size}); got {tuple(target.shape)}")
@@ -238,8 +245,18 @@ class FiFaMLLM(nn.Module):
             if logits:
                 bce, dice = _mask_losses(torch.cat(logits), torch.cat(targets))
         c = self.config
-        loss = c.ce_weight * ce + c.bce_weight * bce + c.dice_weight * dice
-        return {"loss": loss, "ce": ce, "bce": bce, "dice": dice, "logits": run.output.logits}
+        if c.forgery_weight and is_fake is not None and artifact_masks is not None:
+            if is_fake.shape != (images.shape[0],) or tuple(artifact_masks.shape) != (images.shape[0], size, size):
+                raise ValueError(f"is_fake must be (B,) and artifact_masks (B, {size}, {size}); got "
+                                 f"{tuple(is_fake.shape)} and {tuple(artifact_masks.shape)}")
+            if pixel is None:
+                pixel = self.mask_decoder.pixel_embeddings(run.grid, run.images)
+            fake_logits, artifact_logits = self.forgery_head(run.grid, pixel)
+            target = artifact_masks.to(artifact_logits.dtype)
+            forgery = F.binary_cross_entropy_with_logits(fake_logits, is_fake.to(fake_logits.dtype)) \
+                + sum(_mask_losses(artifact_logits, target))
+        loss = c.ce_weight * ce + c.bce_weight * bce + c.dice_weight * dice + c.forgery_weight * forgery
+        return {"loss": loss, "ce": ce, "bce": bce, "dice": dice, "forgery": forgery, "logits": run.output.logits}
 
     # --- inference ----------------------------------------------------------------------------------
 
@@ -375,7 +392,7 @@ class FiFaMLLM(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per component plus ``total``."""
-        parts = ("image_encoder", "projector", "region_encoder", "lm", "mask_decoder")
+        parts = ("image_encoder", "projector", "region_encoder", "lm", "mask_decoder", "forgery_head")
         counts = {name: sum(p.numel() for p in getattr(self, name).parameters()) for name in parts}
         counts["total"] = sum(p.numel() for p in self.parameters())
         return counts

@@ -25,6 +25,10 @@ class ConvPatchEmbeddings(nn.Module):
 
     Drop-in for ``ViTPatchEmbeddings`` (same call and output; the last convolution is ``projection``,
     which ``ViTModel`` reads for the input dtype). Widths double from 32 up to ``Dv``.
+
+    No normalisation layer: a per-image norm (GroupNorm over all channels, as in the mask decoder)
+    rescales every image to unit feature energy and so erases the global sharpness and noise level
+    that forensic detection reads.
     """
 
     def __init__(self, config: FiFaConfig) -> None:
@@ -35,7 +39,7 @@ class ConvPatchEmbeddings(nn.Module):
         widths = [3] + [min(32 * 2 ** k, config.vision_hidden_size) for k in range(stages - 1)]
         layers: list[nn.Module] = []
         for c_in, c_out in zip(widths, widths[1:]):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(1, c_out), nn.GELU()]
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GELU()]
         self.stages = nn.Sequential(*layers)
         self.projection = nn.Conv2d(widths[-1], config.vision_hidden_size, 3, stride=2, padding=1)
         self.num_patches = config.num_patches

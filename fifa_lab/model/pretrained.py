@@ -4,7 +4,7 @@
 downloaded), adds the FiFa special tokens to the LM's tokenizer, sizes the projector, region encoder and
 mask decoder from the loaded hidden sizes and wraps the LM with peft LoRA. What trains by default: the LoRA
 matrices, the embedding rows of the added tokens (input and, when untied, output), the projector, the region
-encoder and the mask decoder; the vision tower and every original LM weight stay frozen.
+encoder, the mask decoder and the forgery head; the vision tower and every original LM weight stay frozen.
 
 For export, :func:`merge_lora` folds the adapters into the LM. ``FiFaMLLM.save_pretrained`` writes an
 ``architecture.json`` (the HF configs, and the LoRA settings while unmerged) so ``FiFaMLLM.from_pretrained``

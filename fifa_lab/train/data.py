@@ -72,8 +72,9 @@ class SampleDataset(Dataset):
 
     Tasks whose ratio is 0 are dropped here (that is how auxiliary tasks such as Det/Cls/RSeg are
     switched off); a negative ratio is an error. Each item is a dict with ``image`` ``(3, S, S)`` float
-    in [0, 1], ``prompt``, ``target``, ``task``, ``masks`` ``(K, S, S)`` float (one per ``[SEG]``) and
-    ``region`` ``(S, S)`` float or ``None``.
+    in [0, 1], ``prompt``, ``target``, ``task``, ``masks`` ``(K, S, S)`` float (one per ``[SEG]``),
+    ``region`` ``(S, S)`` float or ``None``, and the image's own labels for the forgery head: ``is_fake``
+    (0/1) and ``artifact_mask`` ``(S, S)`` float.
     """
 
     def __init__(self, samples: HFDataset, images: HFDataset, image_size: int,
@@ -84,8 +85,8 @@ class SampleDataset(Dataset):
             raise ValueError(f"task ratios must be >= 0, got {negative}")
         keep = [i for i, task in enumerate(samples["task"]) if self.ratios.get(task, 1.0) > 0]
         self.samples = samples.select(keep)
-        # only the image column: decoding the label map and the rest per row would be wasted work
-        self.images = images.select_columns(["image"])
+        # only what training reads: decoding the label map and the rest per row would be wasted work
+        self.images = images.select_columns(["image", "label", "artifact_mask"])
         self.image_size = image_size
         self.tasks: list[str] = list(self.samples["task"])
 
@@ -99,7 +100,8 @@ class SampleDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.samples[index]
         size = self.image_size
-        pil = self.images[int(row["image_index"])]["image"]
+        record = self.images[int(row["image_index"])]
+        pil = record["image"]
         image = load_image(pil, size)
         masks = [resize_mask(decode_rle(rle), size) for rle in row["target_masks"]]
         region = region_mask(row["region"], (pil.height, pil.width) if hasattr(pil, "height") else image.shape[:2],
@@ -111,6 +113,8 @@ class SampleDataset(Dataset):
             "task": row["task"],
             "masks": torch.from_numpy(np.stack(masks)).float() if masks else torch.zeros(0, size, size),
             "region": None if region is None else torch.from_numpy(region).float(),
+            "is_fake": float(record["label"] == "fake"),
+            "artifact_mask": torch.from_numpy(resize_mask(decode_rle(record["artifact_mask"]), size)).float(),
         }
 
     def weights(self) -> np.ndarray:
@@ -152,6 +156,8 @@ def collate(model: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
             blank = torch.zeros_like(rows[0]["image"][0])
             batch["regions"] = torch.stack([blank if r["region"] is None else r["region"] for r in rows])
         batch["seg_masks"] = [r["masks"] for r in rows]
+        batch["is_fake"] = torch.tensor([r["is_fake"] for r in rows])
+        batch["artifact_masks"] = torch.stack([r["artifact_mask"] for r in rows])
         batch["tasks"] = [r["task"] for r in rows]
         return batch
     return collate_fn

@@ -116,8 +116,8 @@ def plot_training(log: Sequence[dict[str, Any]]) -> Figure:
         kernel = np.ones(window) / window
         return np.convolve(values, kernel, mode="valid") if len(values) >= window else values
 
-    for key in ("loss", "ce", "bce", "dice"):
-        values = smooth([row[key] for row in log])
+    for key in ("loss", "ce", "bce", "dice", "forgery"):
+        values = smooth([row.get(key, 0.0) for row in log])
         axes[0].plot(steps[len(steps) - len(values):], values, label=key)
     axes[0].set(title="training losses", xlabel="step", yscale="log")
     axes[0].legend()
