@@ -323,6 +323,25 @@ class FiFaMLLM(nn.Module):
         return self.ground(image, prompt, answer, region)
 
     @torch.no_grad()
+    def choice_probs(self, image: np.ndarray, prompt: str, choices: Sequence[str], region: Any = None) -> np.ndarray:
+        """Probability of each answer in ``choices`` (``(C,)``, sums to 1): the softmax over choices of
+        each one's teacher-forced log-likelihood (its tokens then ``</s>``). Gives closed questions a
+        score for AUC/EER."""
+        if not choices:
+            raise ValueError("choices must name at least one answer")
+        images = self._image_tensor(image)
+        regions = self._region_tensor(region, prompt)
+        prompt_ids = self.encode([prompt])["input_ids"][0].tolist()
+        scores = []
+        for choice in choices:
+            answer = [*self._tokenize(choice), self.token_ids[self.config.eos_token]]
+            ids = torch.tensor([prompt_ids + answer], device=images.device)
+            logits = self._run(images, ids, torch.ones_like(ids), regions=regions).output.logits[0]
+            steps = logits[-len(answer) - 1:-1].float().log_softmax(-1)  # the positions predicting the answer
+            scores.append(float(steps[torch.arange(len(answer)), torch.tensor(answer)].sum()))
+        return torch.tensor(scores).softmax(0).numpy()
+
+    @torch.no_grad()
     def ground(self, image: np.ndarray, prompt: str, answer: str | Sequence[int], region: Any = None) -> Response:
         """Turn an ``answer`` (text or token ids) to ``prompt`` into a :class:`Response`.
 

@@ -1,0 +1,115 @@
+"""Benchmark runner: predictions file, scoring of perfect and external answers, metrics.json with its record."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fifa_lab.data.build import build_dataset, load_datasets
+from fifa_lab.eval.runner import (
+    CLOSED_CHOICES,
+    checkpoint_hash,
+    parse_boxes,
+    parse_closed,
+    predict,
+    read_predictions,
+    run_benchmark,
+    score,
+    select_samples,
+)
+from fifa_lab.model import build_tiny
+
+SIZE = 64
+TINY = dict(image_size=SIZE, patch_size=16, vision_hidden_size=32, vision_layers=1, vision_heads=2,
+            lm_hidden_size=32, lm_layers=1, lm_heads=2, lm_intermediate_size=64, mask_decoder_dim=8,
+            pixel_stem_channels=8, max_length=1024)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bench")
+    build_dataset(root, n_faces=4, size=SIZE, ratios=(0.5, 0.0, 0.5))
+    return root
+
+
+def _perfect(run_dir: Path) -> list[dict]:
+    samples = load_datasets(run_dir).samples["test"]
+    lines = []
+    for row in samples:
+        line = {"sample_id": row["sample_id"], "task": row["task"], "answer": row["target"],
+                "masks": row["target_masks"]}
+        if row["task"] in CLOSED_CHOICES:
+            truth = parse_closed(row["target"], CLOSED_CHOICES[row["task"]])
+            line["choice_probs"] = {c: float(c == truth) for c in CLOSED_CHOICES[row["task"]]}
+        lines.append(line)
+    return lines
+
+
+def test_parsers() -> None:
+    assert parse_closed("It is FAKE.", ("real", "fake")) == "fake"
+    assert parse_closed("FS (face swap)", ("real", "FS", "FR")) == "FS"
+    assert parse_closed("no idea", ("real", "fake")) is None
+    assert parse_boxes("[1, 2, 30, 40], [5.5, 6, 7, 8]") == [[1, 2, 30, 40], [5.5, 6, 7, 8]]
+    assert parse_boxes("no artifact") == []
+    picked = select_samples(["Det", "Loc", "Det", "Det", "Loc"], per_task=2, seed=0)
+    assert picked == sorted(picked) and len(picked) == 4 and select_samples(["Det"] * 5, 2, 0) == \
+        select_samples(["Det"] * 5, 2, 0)
+
+
+def test_reference_answers_score_perfectly(run_dir: Path) -> None:
+    metrics = score(_perfect(run_dir), run_dir, "test", SIZE, text=False)
+    assert metrics["Det"]["acc"] == 1.0
+    assert metrics["Det"]["auc"] == 1.0 or np.isnan(metrics["Det"]["auc"])  # NaN when the split holds one class
+    assert metrics["Cls"]["acc"] == 1.0
+    for task in ("Loc", "RSeg"):
+        if metrics[task]["n"]:
+            assert metrics[task]["miou"] == pytest.approx(1.0) and metrics[task]["ciou"] == pytest.approx(1.0)
+    assert metrics["TOE"]["bleu4"] == pytest.approx(1.0, abs=1e-6)
+    age = metrics["AGE"]
+    assert age["miou"] == pytest.approx(1.0) and (np.isnan(age["mask_recall"]) or age["mask_recall"] == 1.0)
+
+
+def test_wrong_answers_score_low_and_bad_files_fail(run_dir: Path, tmp_path: Path) -> None:
+    lines = _perfect(run_dir)
+    for line in lines:
+        if line["task"] == "Det":
+            line["answer"] = "fake" if "real" in line["answer"] else "real"
+    assert score(lines, run_dir, "test", SIZE, text=False)["Det"]["acc"] == 0.0
+    with pytest.raises(ValueError, match="not in the test split"):
+        score([{"sample_id": "nope", "task": "Det", "answer": "real"}], run_dir, "test", SIZE, text=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"sample_id": "x"}\n')
+    with pytest.raises(ValueError, match="needs 'sample_id' and 'answer'"):
+        read_predictions(bad)
+
+
+def test_benchmark_writes_predictions_and_metrics(run_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(run_dir / "data", run / "data")
+    samples = load_datasets(run).samples["train"]
+    torch.manual_seed(0)
+    model = build_tiny(list(samples["prompt"]) + list(samples["target"]), tokenizer_vocab_size=400, **TINY)
+    model.save_pretrained(run / "model" / "best")
+    metrics = run_benchmark(run / "model" / "best", run, "test", per_task=2, max_new_tokens=6)
+    written = json.loads((run / "metrics.json").read_text())
+    assert written["meta"]["checkpoint_sha256"] == checkpoint_hash(run / "model" / "best")
+    assert written["meta"]["split"] == "test" and written["meta"]["seed"] == 0
+    assert "torch" in written["meta"]["packages"]
+    lines = read_predictions(run / "predictions" / "test.jsonl")
+    assert sum(written["meta"]["counts"].values()) == len(lines)
+    for line in lines:
+        assert len(line["masks"]) == line["answer"].count("[SEG]")
+        if line["task"] in CLOSED_CHOICES:
+            assert sum(line["choice_probs"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert set(metrics) - {"meta"} <= {line["task"] for line in lines}
+    # the same file scored again gives the same numbers: predictions fully determine the metrics
+    again = score(lines, run, "test", SIZE)
+    assert json.dumps(again, sort_keys=True, default=str) == json.dumps(
+        {k: v for k, v in written.items() if k != "meta"}, sort_keys=True, default=str)
+    # and predicting again writes the same answers (greedy decoding, seeded selection)
+    second = predict(model, run, "test", per_task=2, max_new_tokens=6, out=tmp_path / "again.jsonl")
+    assert read_predictions(second) == lines
