@@ -9,6 +9,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, ViTConfig, ViTModel
 
 HF_SIZE = 64
+# a FiFa-MLLM small enough for CPU tests at HF_SIZE pixels (FiFaConfig overrides)
+TINY_CONFIG = dict(image_size=HF_SIZE, patch_size=16, vision_hidden_size=32, vision_layers=1, vision_heads=2,
+                   lm_hidden_size=32, lm_layers=1, lm_heads=2, lm_intermediate_size=64, mask_decoder_dim=8,
+                   pixel_stem_channels=8, max_length=1024)
 SENTENCES = ["the face is fake", "the left eye is blurred", "the mouth looks natural", "where is this face edited",
              "explain what is odd about the nose", "it is real"]
 

@@ -9,15 +9,13 @@ import pytest
 import torch
 
 from conftest import HF_SIZE
+from conftest import TINY_CONFIG as TINY
 from fifa_lab.data.build import build_dataset
 from fifa_lab.model import FiFaMLLM
 from fifa_lab.train import TrainConfig, train
 from fifa_lab.train.recipe import ModelChoice, parse_task_ratios, prepare_model, read_log
 from fifa_lab.viz.answer import answer_overlay, grounded_html, grounded_segments, mask_colours, plain_text
 
-TINY = dict(image_size=HF_SIZE, patch_size=16, vision_hidden_size=32, vision_layers=1, vision_heads=2,
-            lm_hidden_size=32, lm_layers=1, lm_heads=2, lm_intermediate_size=64, mask_decoder_dim=8,
-            pixel_stem_channels=8, max_length=1024)
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,10 @@ from fifa_lab.eval.runner import (
     score,
     select_samples,
 )
+from conftest import HF_SIZE as SIZE
+from conftest import TINY_CONFIG as TINY
 from fifa_lab.model import build_tiny
 
-SIZE = 64
-TINY = dict(image_size=SIZE, patch_size=16, vision_hidden_size=32, vision_layers=1, vision_heads=2,
-            lm_hidden_size=32, lm_layers=1, lm_heads=2, lm_intermediate_size=64, mask_decoder_dim=8,
-            pixel_stem_channels=8, max_length=1024)
 
 
 @pytest.fixture(scope="module")
