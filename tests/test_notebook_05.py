@@ -1,0 +1,37 @@
+"""Smoke run of notebooks/05_age_evaluation.ipynb with papermill on the smoke profile."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fifa_lab.data.build import build_dataset, load_datasets
+from fifa_lab.model import build_tiny
+from fifa_lab.pipeline import PROFILES
+from notebook_runner import assert_stored_clean, run_smoke
+
+STEM = "05_age_evaluation"
+
+
+def test_notebook_stored_clean() -> None:
+    assert_stored_clean(STEM)
+
+
+@pytest.mark.slow
+def test_notebook_05_smoke(tmp_path: Path) -> None:
+    build_dataset(tmp_path, n_faces=PROFILES["smoke"]["dataset_faces"], seed=0)
+    samples = load_datasets(tmp_path).samples["train"]
+    torch.manual_seed(0)
+    # an untrained model: the notebook must run and report whatever it scores
+    build_tiny(list(samples["prompt"]) + list(samples["target"]), tokenizer_vocab_size=600).save_pretrained(
+        tmp_path / "model" / "best")
+    results = run_smoke(STEM, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"Det", "Cls", "Loc", "AGE"} <= set(metrics)
+    assert metrics["meta"]["split"] == "test" and metrics["meta"]["checkpoint_sha256"]
+    assert set(metrics["experts"]) >= {"det_acc", "cls_acc", "loc_miou", "mllm_over_expert"}
+    assert "Det acc" in metrics["bars"] and "AGE mIoU" in metrics["bars"]
+    assert results["meta"] == metrics["meta"]
+    assert "05_classes_and_iou.png" in results["figures"]
