@@ -19,7 +19,8 @@ Loc, RSeg                  ``miou``, ``ciou``, ``ap50`` (the union of the answer
                            Loc on fakes only, as a real image has nothing to localise)
 B-Loc                      ``miou``, ``ap50`` of the boxes written in the answer (fakes only)
 AGE, R-AGE                 ``meteor``, ``cider``, ``ap50``, ``miou``, ``mask_recall``,
-                           ``grounding_consistency`` (:func:`fifa_lab.eval.age.age_metrics`)
+                           ``grounding_consistency`` (:func:`fifa_lab.eval.age.age_metrics`); mIoU
+                           leaves out answers where neither side has a mask
 =========================  ==================================================================
 """
 from __future__ import annotations
@@ -208,10 +209,12 @@ def score(predictions: Sequence[Mapping[str, Any]], run_dir: str | os.PathLike, 
             regions = [decode_label_map(images[int(ref["image_index"])]["label_map"]) for ref in refs]
             regions = [r if r.shape == (image_size, image_size) else
                        _resize_labels(r, image_size) for r in regions]
+            # empty_iou=None: an answer and reference both without masks (a real image) is left out of
+            # mIoU, else every correct "no manipulation" would add a free IoU of 1
             metrics = age_metrics(answers, [ref["target"] for ref in refs],
                                   [_masks_at(pred.get("masks", []), image_size) for pred, _ in pairs],
                                   [_masks_at(ref["target_masks"], image_size) for ref in refs], regions=regions,
-                                  text_scores=("meteor", "cider") if text else ("cider",),
+                                  empty_iou=None, text_scores=("meteor", "cider") if text else ("cider",),
                                   tokenizer="auto" if text else "simple")
         else:
             continue
