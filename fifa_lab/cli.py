@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline = commands.add_parser(
         "pipeline",
         help="run the notebooks in order with papermill",
-        description="Run the notebooks in order with papermill into a run folder; "
-        "up-to-date notebooks are skipped.",
+        description="Run the notebooks in order with papermill into a run folder; up-to-date notebooks are "
+        "skipped. Ends with the key metrics and RUN_DIR/index.html linking the notebooks as HTML and their figures.",
     )
     pipeline.add_argument(
         "--profile", choices=list(PROFILES), default="default", help="parameter profile (default: %(default)s)"
@@ -70,7 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument(
         "--only", nargs="+", choices=NOTEBOOKS, metavar="NOTEBOOK", help="run only these notebooks"
     )
-    pipeline.add_argument("--timeout", type=int, metavar="SECONDS", help="limit on any single cell's run time")
+    pipeline.add_argument("--timeout", type=float, metavar="SECONDS", help="limit on any single cell's run time")
+    pipeline.add_argument(
+        "--notebook-timeout", type=float, metavar="SECONDS",
+        help="limit on each notebook's whole run time, kernel start included",
+    )
+    pipeline.add_argument(
+        "--notebook-dir", type=Path, metavar="DIR",
+        help="read the notebooks from DIR instead of the repository's notebooks/ (e.g. edited copies)",
+    )
     pipeline.set_defaults(func=_pipeline)
 
     train = commands.add_parser(
@@ -109,6 +117,8 @@ def _pipeline(args: argparse.Namespace) -> None:
         notebooks=[name for name in NOTEBOOKS if name in args.only] if args.only else None,
         force=args.force,
         timeout=args.timeout,
+        notebook_timeout=args.notebook_timeout,
+        notebook_dir=args.notebook_dir,
     )
 
 

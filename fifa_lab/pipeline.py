@@ -3,11 +3,13 @@
 Each notebook receives ``run_dir``, ``seed`` and ``profile`` plus whichever profile knobs and user
 parameters its ``parameters`` cell declares, executes with ``run_dir`` as its working directory, and
 writes its own results JSON ``run_dir/<stem>.json``. Notebooks hand work to each other through the run
-folder, so once one notebook runs, every later one in the same call runs too.
+folder, so once one notebook runs, every later one in the same call runs too. At the end the runner
+writes ``run_dir/index.html`` (:mod:`fifa_lab.report`) and logs the durations and key metrics.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import time
@@ -18,11 +20,13 @@ from typing import Any
 
 import nbformat
 import papermill
+from IPython.core.inputtransformer2 import TransformerManager
 from jupyter_client.kernelspec import KernelSpecManager
+from nbclient.exceptions import CellTimeoutError
 from papermill.exceptions import PapermillExecutionError
-from papermill.translators import PythonTranslator
 
 from fifa_lab.io import write_json
+from fifa_lab.report import METRICS_FILE, metric_summary, notebook_seconds, write_index
 
 NOTEBOOKS: list[str] = [
     "01_fict_exploration",
@@ -65,6 +69,29 @@ class PipelineError(RuntimeError):
     """A notebook failed or broke the pipeline's contract; the message says which and where to look."""
 
 
+class _TimeLimits:
+    """nbclient's ``timeout_func`` for one notebook: the per-cell limit or what is left of the notebook's.
+
+    Each cell gets whichever is shorter, and the object remembers whether the notebook's limit was the
+    one given, so a timeout can be reported as the one the user set.
+    """
+
+    def __init__(self, cell_seconds: float | None, notebook_seconds: float | None) -> None:
+        self.cell_seconds = cell_seconds
+        self.notebook_seconds = notebook_seconds
+        # The clock starts now, before the kernel starts: the limit is on the notebook's whole wall time.
+        self.deadline = None if notebook_seconds is None else time.monotonic() + notebook_seconds
+        self.notebook_limit_applied = False
+
+    def __call__(self, cell: Any) -> float | None:
+        if self.deadline is None:
+            return self.cell_seconds
+        # nbclient reads 0 as "no limit", so a notebook already out of time gives its next cell a moment.
+        left = max(self.deadline - time.monotonic(), 0.01)
+        self.notebook_limit_applied = not self.cell_seconds or left < self.cell_seconds
+        return left if self.notebook_limit_applied else self.cell_seconds
+
+
 @dataclass
 class PipelineResult:
     """What a pipeline run produced, keyed by notebook stem."""
@@ -81,6 +108,8 @@ class PipelineResult:
     """Notebooks that were up to date and not re-executed."""
     missing: list[str] = field(default_factory=list)
     """Notebooks in the list whose source does not exist."""
+    index: Path | None = None
+    """The run's ``index.html``; None when no notebook has been executed."""
 
     def load_results(self) -> dict[str, Any]:
         """Read every notebook's results JSON."""
@@ -93,9 +122,10 @@ def run_pipeline(
     parameters: Mapping[str, Any] | None = None,
     notebooks: Sequence[str] | None = None,
     force: bool = False,
-    timeout: int | None = None,
+    timeout: float | None = None,
     log: Callable[[str], Any] = print,
     notebook_dir: str | os.PathLike[str] | None = None,
+    notebook_timeout: float | None = None,
 ) -> PipelineResult:
     """Execute ``notebooks`` (default: all of :data:`NOTEBOOKS`) in order into ``run_dir``.
 
@@ -105,17 +135,21 @@ def run_pipeline(
         parameters: overrides of profile parameters (``seed``, knobs, anything a notebook declares).
         notebooks: stems to run, in this order.
         force: re-execute notebooks that are up to date.
-        timeout: seconds a single cell may run (papermill's ``execution_timeout``); None = no limit.
-        log: receives one progress line at a time.
+        timeout: seconds a single cell may run; None = no limit.
+        log: receives one progress line at a time, then the summary.
         notebook_dir: where ``<stem>.ipynb`` sources live; default the repository's ``notebooks/``.
+        notebook_timeout: seconds one whole notebook may run, kernel start included; None = no limit.
 
     A notebook is up to date, and skipped, when its executed copy and results JSON are newer than its
     source and it was last run with the same parameters (kept in ``run_dir/pipeline_state.json``).
     Changes to ``fifa_lab`` code are not tracked: use ``force`` after editing the package.
 
+    Once every notebook has run, the executed notebooks are converted to HTML and ``run_dir/index.html``
+    links them with their figures and the key metrics (:func:`fifa_lab.report.write_index`).
+
     Raises:
-        PipelineError: a notebook failed (message names the notebook, the cell and the partially
-            executed notebook kept for inspection) or did not write its results JSON.
+        PipelineError: a notebook failed or ran out of time (message names the notebook, the cell and
+            the partially executed notebook kept for inspection) or did not write its results JSON.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
@@ -159,7 +193,8 @@ def run_pipeline(
             write_json(state_path, state)
             log(f"{tag}: running")
             start = time.perf_counter()
-            _execute(name, sources[name], output, results, params, run_dir, kernel, timeout)
+            limits = _TimeLimits(cell_seconds=timeout, notebook_seconds=notebook_timeout)
+            _execute(name, sources[name], output, results, params, run_dir, kernel, limits)
             result.durations[name] = time.perf_counter() - start
             state[name] = {"parameters": recorded}
             write_json(state_path, state)
@@ -168,16 +203,31 @@ def run_pipeline(
         result.notebooks[name] = output
         result.results[name] = results
 
+    if result.notebooks:
+        result.index = write_index(run_dir, result)
     _report(result, log)
     return result
 
 
 def _declared_parameters(source: Path) -> set[str]:
-    """Names assigned in the notebook's ``parameters`` cell, read the way papermill reads them."""
+    """Names assigned at the top level of the notebook's ``parameters`` cell.
+
+    Read with Python's parser (after IPython's magic translation) rather than papermill's line patterns,
+    which drop a parameter whose comment holds a quote, colon or semicolon (``eval_per_task = 40  # ...; ...``).
+    """
     nb = nbformat.read(source, as_version=4)
     for cell in nb.cells:
         if "parameters" in cell.metadata.get("tags", []):
-            return {p.name for p in PythonTranslator.inspect(cell)}
+            names = set()
+            for statement in ast.parse(TransformerManager().transform_cell(cell.source)).body:
+                if isinstance(statement, ast.Assign):
+                    targets = statement.targets
+                elif isinstance(statement, ast.AnnAssign):
+                    targets = [statement.target]
+                else:
+                    continue
+                names.update(target.id for target in targets if isinstance(target, ast.Name))
+            return names
     return set()
 
 
@@ -201,7 +251,7 @@ def _execute(
     params: dict[str, Any],
     run_dir: Path,
     kernel: str,
-    timeout: int | None,
+    limits: _TimeLimits,
 ) -> None:
     """Run one notebook; its executed copy replaces ``output`` only when every cell succeeded."""
     partial = output.with_name(f".{name}.running.ipynb")
@@ -215,19 +265,23 @@ def _execute(
             kernel_name=kernel,
             cwd=str(run_dir),
             progress_bar=False,
-            execution_timeout=timeout,
+            execution_timeout=limits.cell_seconds,
+            timeout_func=limits,
         )
     except Exception as exc:  # papermill, nbclient and the kernel raise many types; all end the run
-        if isinstance(exc, PapermillExecutionError):
-            # The index counts papermill's injected-parameters cell, as the kept notebook does.
-            what = f"cell {exc.cell_index} (In [{exc.exec_count}]) raised {exc.ename}: {exc.evalue}"
-        else:
-            what = f"{type(exc).__name__}: {exc}"
-        where = ""
+        kept = None
         if partial.exists():
             os.replace(partial, failed)
-            where = f"\nThe partially executed notebook is kept for inspection: {failed}"
-        raise PipelineError(f"notebook {name} failed: {what}{where}") from exc
+            kept = failed
+        if isinstance(exc, PapermillExecutionError):
+            # The index counts papermill's injected-parameters cell, as the kept notebook does.
+            what = f"failed: cell {exc.cell_index} (In [{exc.exec_count}]) raised {exc.ename}: {exc.evalue}"
+        elif isinstance(exc, CellTimeoutError):
+            what = _timeout_message(limits, kept)
+        else:
+            what = f"failed: {type(exc).__name__}: {exc}"
+        where = "" if kept is None else f"\nThe partially executed notebook is kept for inspection: {kept}"
+        raise PipelineError(f"notebook {name} {what}{where}") from exc
     os.replace(partial, output)
     failed.unlink(missing_ok=True)
     if not results.exists() or results.stat().st_mtime_ns == results_before:
@@ -237,13 +291,41 @@ def _execute(
         )
 
 
+def _timeout_message(limits: _TimeLimits, kept: Path | None) -> str:
+    """Which limit stopped the notebook and, from the kept notebook, the cell that was running."""
+    cell = ""
+    if kept is not None:
+        nb = nbformat.read(kept, as_version=4)
+        # papermill stamps each cell as it starts, in order; the last one stamped is the one stopped.
+        started = [i for i, c in enumerate(nb.cells) if c.metadata.get("papermill", {}).get("start_time")]
+        if started:
+            running = nb.cells[started[-1]]
+            count = running.get("execution_count") or " "
+            first_line = running.source.strip().splitlines()[0] if running.source.strip() else ""
+            cell = f" in cell {started[-1]} (In [{count}]): {first_line}"
+    if limits.notebook_limit_applied:
+        return f"ran past its time limit of {limits.notebook_seconds:g} s (--notebook-timeout) and was stopped{cell}"
+    return f"failed: a cell ran past the limit of {limits.cell_seconds:g} s per cell (--timeout){cell}"
+
+
 def _report(result: PipelineResult, log: Callable[[str], Any]) -> None:
-    """Say where to look once the run is over."""
+    """Summarise the run once it is over: durations, key metrics and where to look."""
     if not result.notebooks:
         return
+    width = max(map(len, result.notebooks))
+    log("durations:")
+    for name, executed in result.notebooks.items():
+        if name in result.durations:
+            log(f"  {name:<{width}}  {result.durations[name]:7.1f} s")
+        else:
+            last = notebook_seconds(executed)
+            log(f"  {name:<{width}}  up to date" + ("" if last is None else f" (last run {last:.1f} s)"))
+    log(f"  {'total this run':<{width}}  {sum(result.durations.values()):7.1f} s")
+    log(metric_summary(result.run_dir))
     log(f"executed notebooks: {result.run_dir / 'notebooks'}")
     for path in result.results.values():
         log(f"results: {path}")
-    for label, filename in (("metrics", "metrics.json"), ("report", "index.html")):
-        if (result.run_dir / filename).exists():
-            log(f"{label}: {result.run_dir / filename}")
+    if (result.run_dir / METRICS_FILE).exists():
+        log(f"metrics: {result.run_dir / METRICS_FILE}")
+    if result.index is not None:
+        log(f"index (open in a browser): {result.index}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import time
 import tomllib
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
 from fifa_lab import cli
-from fifa_lab.pipeline import PipelineError, run_pipeline
+from fifa_lab.pipeline import PROFILES, PipelineError, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,22 +50,25 @@ def nb_dir(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_outputs_results_and_overrides_land_in_run_dir(nb_dir: Path, tmp_path: Path) -> None:
     write_notebook(nb_dir, "01_a")
-    write_notebook(nb_dir, "02_b")
+    # A comment papermill's parameter patterns cannot read still declares y.
+    write_notebook(nb_dir, "02_b", body="x = x + y", parameters='y = 0  # e.g. "3": added to x; None = 0')
     lines: list[str] = []
     run_dir = tmp_path / "run"
     result = run_pipeline(
-        "smoke", run_dir=run_dir, parameters={"seed": 7, "x": 2.5, "typo": 1},
+        "smoke", run_dir=run_dir, parameters={"seed": 7, "x": 2.5, "y": 4, "typo": 1},
         notebooks=["01_a", "02_b"], notebook_dir=nb_dir, log=lines.append,
     )
     assert result.notebooks == {s: run_dir.resolve() / "notebooks" / f"{s}.ipynb" for s in ("01_a", "02_b")}
     assert all(path.exists() for path in result.notebooks.values())
     assert set(result.durations) == {"01_a", "02_b"} and not result.skipped
     expected = {"run_dir": str(run_dir.resolve()), "seed": 7, "profile": "smoke", "x": 2.5}
-    assert result.load_results()["02_b"] == expected
+    assert result.load_results() == {"01_a": expected, "02_b": {**expected, "x": 6.5}}
     assert not list((run_dir / "notebooks").glob(".*"))  # no temporary files left behind
     assert "note: no notebook in this run declares typo; not passed" in lines
     assert any("01_a: done in" in line for line in lines)
     assert any(str(run_dir.resolve() / "02_b.json") in line for line in lines)
+    assert result.index == run_dir.resolve() / "index.html" and result.index.exists()
+    assert (run_dir / "html" / "02_b.html").exists()
 
 
 @pytest.mark.slow
@@ -104,10 +110,90 @@ def test_failing_cell_names_notebook_and_cell(nb_dir: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("limits", "stopped_by"),
+    [({"notebook_timeout": 8}, "01_a ran past its time limit of 8 s (--notebook-timeout) and was stopped in cell 2"),
+     ({"timeout": 2, "notebook_timeout": 60}, "01_a failed: a cell ran past the limit of 2 s per cell (--timeout) "
+                                               "in cell 2")],
+    ids=["notebook", "cell"],
+)
+def test_time_limits_stop_the_notebook_and_name_it(
+    nb_dir: Path, tmp_path: Path, limits: dict, stopped_by: str
+) -> None:
+    write_notebook(nb_dir, "01_a", body="import time\ntime.sleep(120)")
+    run_dir = tmp_path / "run"
+    start = time.monotonic()
+    with pytest.raises(PipelineError) as info:
+        run_pipeline(run_dir=run_dir, notebooks=["01_a"], notebook_dir=nb_dir, log=lambda _: None, **limits)
+    assert time.monotonic() - start < 60  # stopped, not waited out
+    message = str(info.value)
+    # Cell 2: the sleeping body, after the parameters cell and papermill's injected-parameters cell.
+    assert message.startswith(f"notebook {stopped_by} (In [")
+    assert "import time" in message
+    failed = run_dir.resolve() / "notebooks" / "01_a.failed.ipynb"
+    assert str(failed) in message and failed.exists()
+
+
+@pytest.mark.slow
 def test_notebook_without_results_json_is_an_error(nb_dir: Path, tmp_path: Path) -> None:
     write_notebook(nb_dir, "01_a", writes_results=False)
     with pytest.raises(PipelineError, match="01_a ran but did not write its results"):
         run_pipeline(run_dir=tmp_path / "run", notebooks=["01_a"], notebook_dir=nb_dir, log=lambda _: None)
+
+
+FIGURE_AND_METRICS = """\
+import json, pathlib
+from PIL import Image
+pathlib.Path(run_dir, 'figures').mkdir(exist_ok=True)
+Image.new('RGB', (16, 8), 'orange').save(pathlib.Path(run_dir, 'figures', '01_plot.png'))
+metrics = {'Det': {'acc': 0.5, 'auc': float('nan')}, 'bars': {'Det acc': {'value': 0.5, 'bar': 0.95, 'judged': True}}}
+pathlib.Path(run_dir, 'metrics.json').write_text(json.dumps(metrics))
+"""
+
+
+@pytest.mark.slow
+def test_cli_pipeline_ends_with_summary_and_index(
+    nb_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_notebook(nb_dir, "01_fict_exploration", body=FIGURE_AND_METRICS)
+    run_dir = tmp_path / "run"
+    argv = ["pipeline", "--profile", "smoke", "--run-dir", str(run_dir), "--notebook-dir", str(nb_dir),
+            "--notebook-timeout", "120"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[1/6] 01_fict_exploration: running" in out and "02_forgery_synthesis: skipped" in out
+    assert re.search(r"^durations:\n  01_fict_exploration +\d+\.\d s\n  total this run +\d+\.\d s$", out, re.M)
+    assert re.search(r"^  Det acc +0\.500$", out, re.M) and re.search(r"^  Det AUC +n/a$", out, re.M)
+    assert re.search(r"^  AGE mIoU +n/a$", out, re.M)
+    assert re.search(r"^quality bars:\n  Det acc +0\.500 +\(bar 0\.950\) +MISSED$", out, re.M)
+    index = run_dir.resolve() / "index.html"
+    assert f"index (open in a browser): {index}" in out
+    page = index.read_text(encoding="utf-8")
+    assert 'href="html/01_fict_exploration.html"' in page and 'src="figures/01_plot.png"' in page
+    assert (run_dir / "html" / "01_fict_exploration.html").exists()
+
+    assert cli.main(argv) == 0  # nothing changed: skipped, and the summary says how long it took last time
+    assert re.search(r"^  01_fict_exploration +up to date \(last run \d+\.\d s\)$", capsys.readouterr().out, re.M)
+
+
+@pytest.mark.slow
+def test_readme_papermill_command_runs_notebook_01_on_smoke(tmp_path: Path) -> None:
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    documented = next(block for block in blocks if "papermill notebooks/01_fict_exploration.ipynb" in block)
+    # Run it verbatim from a scratch folder that sees the repository's notebooks and venv, so the run
+    # folder it makes lands in tmp_path.
+    (tmp_path / "notebooks").symlink_to(REPO / "notebooks")
+    (tmp_path / ".venv").symlink_to(REPO / ".venv")
+    done = subprocess.run(["bash", "-euc", documented], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [results] = (tmp_path / "runs").glob("*/01_fict_exploration.json")
+    run_dir = results.parent
+    record = json.loads(results.read_text())
+    assert record["n_faces"] == PROFILES["smoke"]["n_faces"] and record["figures"]  # the smoke knob, passed by -p
+    assert all((run_dir / "figures" / name).is_file() for name in record["figures"])
+    executed = nbformat.read(run_dir / "notebooks" / "01_fict_exploration.ipynb", as_version=4)
+    injected = next(c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert 'profile = "smoke"' in injected.source and 'run_dir = "."' in injected.source
 
 
 def test_missing_notebooks_are_skipped_with_a_note(nb_dir: Path, tmp_path: Path) -> None:
