@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 # checksum of TORCH_SPEC, so a different spec re-installs while an unchanged one does not.
 STAMP := $(VENV)/.setup-$(firstword $(shell printf '%s' '$(TORCH_SPEC)' | cksum)).stamp
 
-.PHONY: setup pipeline test lab clean
+.PHONY: setup pipeline test browser-test lab clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ pipeline: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Only the browser test: notebook 06 in JupyterLab, driven by Playwright with the system chromium
+# (apt-get install chromium); its screenshot lands in test-artifacts/browser/.
+browser-test: $(STAMP)
+	$(BIN)/python -m pytest -m browser tests/test_browser.py $(PYTEST_ARGS)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
