@@ -150,3 +150,26 @@ def test_bad_inputs_get_clear_errors(faces):
         forge(beardless, "FE", "remove_beard")
     with pytest.raises(ValueError, match="strength"):
         forge(faces[0], "FE", "lip_colour", strength=1.5)
+
+
+def test_the_generator_trace_is_the_fingerprint_inside_the_mask_and_nothing_outside(faces):
+    traced = forge(faces[0], "FE", "lip_colour", seed=3)
+    plain = forge(faces[0], "FE", "lip_colour", seed=3, trace=False)
+    assert traced.params["trace"] == {"period": 8, "amplitude": 5.0} and plain.params["trace"] is None
+    assert np.array_equal(traced.mask, plain.mask)
+    diff = traced.fake.astype(float) - plain.fake.astype(float)
+    assert not diff[~traced.mask].any()
+    rows, cols = np.nonzero(traced.mask)
+    expected = np.rint(5.0 * np.cos(2 * np.pi * rows / 8) * np.cos(2 * np.pi * cols / 8))[:, None]
+    unclipped = (plain.fake[rows, cols] >= 5) & (plain.fake[rows, cols] <= 250)  # per pixel and channel
+    assert unclipped.mean() > 0.5
+    assert np.abs(diff[rows, cols] - expected)[unclipped].max() <= 1
+
+
+def test_a_custom_trace_is_recorded_and_bad_ones_are_refused(faces):
+    custom = forge(faces[0], "FE", "lip_colour", seed=3, trace={"period": 16, "amplitude": 2})
+    assert custom.params["trace"] == {"period": 16, "amplitude": 2}
+    for bad, message in (({"period": 1}, "period"), ({"amplitude": -1}, "amplitude"),
+                         ({"scale": 2}, "not \\['scale'\\]"), ("yes", "trace must be")):
+        with pytest.raises(ValueError, match=message):
+            forge(faces[0], "FE", "lip_colour", seed=3, trace=bad)

@@ -53,6 +53,7 @@ from fifa_lab.faces import synth_face
 from fifa_lab.fict import load_tree
 from fifa_lab.forge import forge
 from fifa_lab.forge.post import apply_post, random_chain
+from fifa_lab.forge.trace import DEFAULT_TRACE
 from fifa_lab.io import atomic_path, write_json
 from fifa_lab.tasks import FIFA11, SAMPLE_FEATURES, TASKS, build_samples
 
@@ -131,7 +132,8 @@ def face_records(index: int, config: dict[str, Any]) -> list[dict[str, Any]]:
         forgery_class = classes[(index * per_face + j) % len(classes)]
         forge_seed = _derived_seed(seed, index, j + 1)
         try:
-            forgery = forge(face, forgery_class, seed=forge_seed, post=config["post"], tree=tree)
+            forgery = forge(face, forgery_class, seed=forge_seed, post=config["post"], tree=tree,
+                            trace=config["trace"] or False)
             fake_labels = fake_label_map(face, forgery, tree)
             annotation = annotate(forgery.fake, real=forgery.real, landmarks=forgery.landmarks,
                                   label_map=fake_labels, seed=forge_seed)
@@ -219,7 +221,7 @@ def _split_indices(n_faces: int, seed: int, ratios: Sequence[float]) -> dict[str
 
 
 def _build_images(out: Path, scratch: Path, params: dict[str, Any], num_proc: int, batch_size: int) -> None:
-    config = json.dumps({k: params[k] for k in ("seed", "size", "classes", "fakes_per_face", "post")})
+    config = json.dumps({k: params[k] for k in ("seed", "size", "classes", "fakes_per_face", "post", "trace")})
     splits = {}
     for split, indices in _split_indices(params["n_faces"], params["seed"], params["ratios"]).items():
         if not indices:
@@ -292,7 +294,7 @@ def _build_step(root: Path, final: Path, params: dict[str, Any], make: Callable[
 def build_dataset(run_dir: str | os.PathLike, n_faces: int, seed: int = 0, size: int = 256,
                   classes: Sequence[str] = FAKE_CLASSES, fakes_per_face: int = 1, num_proc: int = 1,
                   post: str | None = "random", batch_size: int = 32, tasks: Sequence[str] | None = None,
-                  ratios: Sequence[float] = SPLIT_RATIOS) -> DatasetPaths:
+                  ratios: Sequence[float] = SPLIT_RATIOS, trace: bool = True) -> DatasetPaths:
     """Generate the image records and FiFa instruction samples of ``n_faces`` synthetic faces.
 
     Args:
@@ -307,6 +309,8 @@ def build_dataset(run_dir: str | os.PathLike, n_faces: int, seed: int = 0, size:
         batch_size: rows per write batch (records) and per ``.map`` batch (samples).
         tasks: task ids to build samples for; None is the FiFa-11.
         ratios: train / validation / test shares of the identities.
+        trace: leave the default generator trace in every fake (:mod:`fifa_lab.forge.trace`); False makes
+            fakes that differ from their real only in content, which no single-image detector can learn.
 
     Returns:
         The paths of both datasets and the data card. A call whose parameters match a finished build
@@ -333,7 +337,8 @@ def build_dataset(run_dir: str | os.PathLike, n_faces: int, seed: int = 0, size:
     image_params = {
         "schema": SCHEMA_VERSION, "generator": "synthetic", "n_faces": int(n_faces), "seed": int(seed),
         "size": int(size), "classes": list(classes), "fakes_per_face": int(fakes_per_face), "post": post,
-        "ratios": [float(r) for r in ratios], "fict": {"name": tree.name, "leaves": len(tree.leaves())},
+        "trace": DEFAULT_TRACE.to_dict() if trace else None, "ratios": [float(r) for r in ratios],
+        "fict": {"name": tree.name, "leaves": len(tree.leaves())},
         "fifa_lab": package_versions()["fifa-lab"],
     }
     sample_params = {**image_params, "tasks": task_ids, "task_signature": _task_signature(task_ids)}

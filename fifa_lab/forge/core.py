@@ -34,6 +34,7 @@ from fifa_lab.faces.face import Face
 from fifa_lab.fict.coverage import concepts_in_region
 from fifa_lab.fict.tree import ConceptTree, load_tree
 from fifa_lab.forge.post import apply_post, check_chain, random_chain
+from fifa_lab.forge.trace import Trace, apply_trace, check_trace
 from fifa_lab.ibug68 import FaceFrame, check_landmarks
 
 # A layer names an artifact for a concept when it covers at least this share of the concept's
@@ -181,7 +182,8 @@ def methods_of(forgery_class: str) -> list[str]:
 
 def forge(face: Face, forgery_class: str, method: str | None = None, seed: int = 0, *,
           strength: float | None = None, post: str | Sequence[dict[str, Any]] | None = None,
-          donor: Face | None = None, tree: ConceptTree | None = None) -> Forgery:
+          donor: Face | None = None, tree: ConceptTree | None = None,
+          trace: Trace | dict[str, Any] | bool | None = True) -> Forgery:
     """Make one fake of ``face`` with ground truth.
 
     Args:
@@ -196,6 +198,9 @@ def forge(face: Face, forgery_class: str, method: str | None = None, seed: int =
             ``[{"op": "jpeg", "quality": 75}, ...]`` (see :mod:`fifa_lab.forge.post`).
         donor: the source identity for face swaps (FS swap methods); None draws a synthetic donor.
         tree: the concept tree the label map indexes; None is the default FICT.
+        trace: the generator trace left in the rewritten pixels (see :mod:`fifa_lab.forge.trace`): True
+            for the default, a :class:`~fifa_lab.forge.trace.Trace` or dict of its fields, or False for
+            none (the fake then differs from the real only in content: no detector can tell it alone).
 
     Raises:
         ValueError: unknown class or method (the message lists the options), a face without a label map
@@ -214,6 +219,7 @@ def forge(face: Face, forgery_class: str, method: str | None = None, seed: int =
     if strength is not None and not (isinstance(strength, (int, float)) and 0 < strength <= 1):
         raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
     chain = _post_chain(post, seed)
+    trace = check_trace(trace)
 
     names = methods_of(forgery_class)
     if method is None:
@@ -236,7 +242,7 @@ def forge(face: Face, forgery_class: str, method: str | None = None, seed: int =
                 raise
             reasons.append(f"{name}: {exc}")
             continue
-        return _finish(face, tree, forgery_class, spec, edit, seed, level, chain)
+        return _finish(face, tree, forgery_class, spec, edit, seed, level, chain, trace)
     raise ValueError(f"no {forgery_class} method applies to this face ({'; '.join(reasons)})")
 
 
@@ -275,7 +281,7 @@ def _post_chain(post: str | Sequence[dict[str, Any]] | None, seed: int) -> list[
 
 
 def _finish(face: Face, tree: ConceptTree, forgery_class: str, spec: MethodSpec, edit: Edit, seed: int,
-            strength: float, chain: list[dict[str, Any]]) -> Forgery:
+            strength: float, chain: list[dict[str, Any]], trace: Trace | None) -> Forgery:
     real = face.image
     layers = [(tuple(check_artifact(a) for a in artifacts), np.asarray(region, dtype=bool))
               for artifacts, region in edit.layers]
@@ -283,9 +289,10 @@ def _finish(face: Face, tree: ConceptTree, forgery_class: str, spec: MethodSpec,
         raise RuntimeError(f"method {spec.name!r} returned no layers or layers of the wrong shape")
     mask = np.logical_or.reduce([region for _, region in layers])
     # The mask is the ground truth: nothing outside it may differ from the real image.
-    fake = np.where(mask[..., None], edit.image, real)
-    if not mask.any() or not (fake != real)[mask].any():
+    if not mask.any() or not (edit.image != real)[mask].any():
         raise ValueError(f"method {spec.name!r} changed nothing at strength {strength:.3f}; raise the strength")
+    rendered = edit.image if trace is None else apply_trace(edit.image, trace)
+    fake = np.where(mask[..., None], rendered, real)
 
     label_maps = [face.label_map] if edit.label_map is None else [face.label_map, edit.label_map]
     concepts = ground_truth_concepts(tree, label_maps, mask, layers)
@@ -293,7 +300,8 @@ def _finish(face: Face, tree: ConceptTree, forgery_class: str, spec: MethodSpec,
     for artifacts, region in layers:
         for artifact in artifacts:
             artifact_masks[artifact] = artifact_masks.get(artifact, False) | region
-    params = {"seed": seed, "strength": round(strength, 6), **jsonable(edit.params), "post": jsonable(chain)}
+    params = {"seed": seed, "strength": round(strength, 6), **jsonable(edit.params), "post": jsonable(chain),
+              "trace": None if trace is None else trace.to_dict()}
     landmarks = face.landmarks if edit.landmarks is None else check_landmarks(edit.landmarks)
     return Forgery(fake=apply_post(fake, chain), real=real, mask=mask, forgery_class=forgery_class,
                    method=spec.name, concepts=concepts, params=params, landmarks=landmarks.astype(np.float32),
