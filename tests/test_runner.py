@@ -111,3 +111,47 @@ def test_benchmark_writes_predictions_and_metrics(run_dir: Path, tmp_path: Path)
     # and predicting again writes the same answers (greedy decoding, seeded selection)
     second = predict(model, run, "test", per_task=2, max_new_tokens=6, out=tmp_path / "again.jsonl")
     assert read_predictions(second) == lines
+
+
+def test_predict_keeps_the_tasks_asked_for_and_perturbs_what_the_model_sees(run_dir: Path, tmp_path: Path) -> None:
+    samples = load_datasets(run_dir).samples["train"]
+    torch.manual_seed(0)
+    model = build_tiny(list(samples["prompt"]) + list(samples["target"]), tokenizer_vocab_size=400, **TINY)
+    seen = []
+    generate = model.generate
+    model.generate = lambda image, *args, **kwargs: seen.append(image.copy()) or generate(image, *args, **kwargs)
+    clean = read_predictions(predict(model, run_dir, "test", per_task=2, max_new_tokens=4, out=tmp_path / "a.jsonl",
+                                     tasks=["Det", "Loc"]))
+    clean_images, seen[:] = list(seen), []
+    blurred = read_predictions(predict(model, run_dir, "test", per_task=2, max_new_tokens=4, out=tmp_path / "b.jsonl",
+                                       tasks=["Det", "Loc"], perturb=[{"op": "blur", "sigma": 3.0}]))
+    assert {line["task"] for line in clean} == {"Det", "Loc"}
+    assert [line["sample_id"] for line in clean] == [line["sample_id"] for line in blurred]
+    # the model saw blurred copies: less high-frequency energy in every image
+    for before, after in zip(clean_images, seen):
+        assert np.abs(np.diff(after.astype(float), axis=1)).mean() < np.abs(np.diff(before.astype(float), axis=1)).mean()
+    with pytest.raises(ValueError, match="no Nope samples"):
+        predict(model, run_dir, "test", tasks=["Nope"], out=tmp_path / "c.jsonl")
+    with pytest.raises(ValueError, match="blur"):
+        predict(model, run_dir, "test", perturb=[{"op": "blur", "sigma": -1}], out=tmp_path / "d.jsonl")
+
+
+def test_robustness_curves_cover_every_level_and_the_clean_point(run_dir: Path) -> None:
+    from fifa_lab.eval.baselines import DetectorConfig, ExpertDetector, ExpertSegmenter, SegmenterConfig
+    from fifa_lab.eval.robustness import perturbation, robustness_curves
+
+    samples = load_datasets(run_dir).samples["train"]
+    torch.manual_seed(0)
+    model = build_tiny(list(samples["prompt"]) + list(samples["target"]), tokenizer_vocab_size=400, **TINY)
+    experts = {"detector": ExpertDetector(DetectorConfig()), "segmenter": ExpertSegmenter(SegmenterConfig())}
+    curves = robustness_curves(model, run_dir, per_task=2, max_new_tokens=4,
+                               sweeps={"jpeg": [80, 30], "resize": [0.5]}, experts=experts)
+    assert [p["level"] for p in curves["sweeps"]["jpeg"]] == [80, 30] and len(curves["sweeps"]["resize"]) == 1
+    for point in [curves["clean"], *curves["sweeps"]["jpeg"], *curves["sweeps"]["resize"]]:
+        assert 0.0 <= point["det_acc"] <= 1.0 and 0.0 <= point["expert_det_acc"] <= 1.0
+        assert set(point) >= {"det_acc", "loc_miou", "expert_det_acc", "expert_loc_miou"}
+    assert curves["meta"]["parameters"] == {"jpeg": "quality", "resize": "scale"}
+    with pytest.raises(ValueError, match="sweeps are over"):
+        perturbation("rotate", 10)
+    with pytest.raises(ValueError, match="quality"):
+        robustness_curves(model, run_dir, sweeps={"jpeg": [5]})

@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from torch import nn
 from fifa_lab.artifacts import FORGERY_CLASSES
 from fifa_lab.data.build import load_datasets
 from fifa_lab.data.masks import decode_rle
+from fifa_lab.forge.post import apply_post, check_chain
 from fifa_lab.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -489,8 +490,12 @@ def _as_expert(model: nn.Module | str | os.PathLike, expected: type[nn.Module], 
 
 def evaluate_experts(run_dir: str | os.PathLike, split: str = "test", *,
                      detector: ExpertDetector | str | os.PathLike, segmenter: ExpertSegmenter | str | os.PathLike,
-                     batch_size: int = 32, device: str = "auto") -> dict[str, float]:
+                     batch_size: int = 32, device: str = "auto",
+                     perturb: Sequence[Mapping[str, Any]] | None = None) -> dict[str, float]:
     """Det, Cls and Loc scores of both experts on a split of the run folder's image records.
+
+    ``perturb``: a post-processing chain (:mod:`fifa_lab.forge.post`) applied to every image first, for
+    robustness curves; the ground truth stays as it is.
 
     ``detector`` and ``segmenter`` are models or folders written by :func:`save_expert` (loaded onto
     ``device``). Returns:
@@ -501,6 +506,7 @@ def evaluate_experts(run_dir: str | os.PathLike, split: str = "test", *,
       (an image where both are empty counts 1.0; NaN when the split has no fake image);
     * ``n_images``, ``n_fake``: the counts behind them.
     """
+    chain = check_chain(perturb or [])
     detector = _as_expert(detector, ExpertDetector, device)
     segmenter = _as_expert(segmenter, ExpertSegmenter, device)
     dataset = _split_dataset(run_dir, split).select_columns(["image", "label", "forgery_class", "artifact_mask"])
@@ -510,7 +516,9 @@ def evaluate_experts(run_dir: str | os.PathLike, split: str = "test", *,
     ious: list[float] = []
     for start in range(0, len(dataset), batch_size):
         records = dataset[start:start + batch_size]
-        images = images_to_tensor(records["image"])
+        pictures = records["image"] if not chain else \
+            [apply_post(np.asarray(picture.convert("RGB")), chain) for picture in records["image"]]
+        images = images_to_tensor(pictures)
         is_fake, class_index = _detector_targets(records["label"], records["forgery_class"])
         fake_prob, class_pred = predict_detector(detector, images, batch_size)
         det_correct += int(((fake_prob > 0.5) == is_fake.numpy().astype(bool)).sum())

@@ -44,6 +44,7 @@ from fifa_lab.data.records import decode_label_map
 from fifa_lab.eval.age import age_metrics
 from fifa_lab.eval.metrics import box_metrics, classification_metrics, detection_metrics, mask_ap50, mask_metrics, \
     text_metrics
+from fifa_lab.forge.post import apply_post, check_chain
 from fifa_lab.io import atomic_path, write_json
 from fifa_lab.train.data import SampleDataset, resize_mask
 
@@ -96,15 +97,24 @@ def parse_boxes(text: str) -> list[list[float]]:
 
 
 def predict(model: Any, run_dir: str | os.PathLike, split: str = "test", per_task: int | None = None,
-            seed: int = 0, max_new_tokens: int = 256, out: str | os.PathLike | None = None) -> Path:
+            seed: int = 0, max_new_tokens: int = 256, out: str | os.PathLike | None = None,
+            tasks: Sequence[str] | None = None, perturb: Sequence[Mapping[str, Any]] | None = None) -> Path:
     """Answer the selected samples of ``split`` and write them as JSONL (default ``predictions/<split>.jsonl``).
 
     Closed questions (Det, R-Det, Cls) also record ``choice_probs``, the model's probability of each
     answer word, which gives Det its AUC. Masks are at the model's image size, as COCO RLE.
+    ``tasks`` keeps only those task ids; ``perturb`` is a post-processing chain
+    (:mod:`fifa_lab.forge.post`, e.g. ``[{"op": "jpeg", "quality": 50}]``) applied to every image before the
+    model sees it, for robustness curves (the references stay as they are).
     """
+    chain = check_chain(perturb or [])
     data = load_datasets(run_dir)
     dataset = SampleDataset(data.samples[split], data.images[split], model.config.image_size)
-    rows = select_samples(dataset.tasks, per_task, seed)
+    if tasks is not None:
+        unknown = sorted(set(tasks) - set(dataset.tasks))
+        if unknown:
+            raise ValueError(f"no {', '.join(unknown)} samples in the {split} split (it has {sorted(set(dataset.tasks))})")
+    rows = [row for row in select_samples(dataset.tasks, per_task, seed) if tasks is None or dataset.tasks[row] in tasks]
     out = Path(out) if out is not None else Path(run_dir) / PREDICTIONS_DIR / f"{split}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp, open(tmp, "w") as handle:
@@ -112,7 +122,7 @@ def predict(model: Any, run_dir: str | os.PathLike, split: str = "test", per_tas
             sample = dataset.samples[index]
             region = dataset[index]["region"]
             region = None if region is None else region.numpy().astype(bool)
-            image = dataset.image(index)
+            image = apply_post(dataset.image(index), chain) if chain else dataset.image(index)
             answer = model.generate(image, sample["prompt"], region=region, max_new_tokens=max_new_tokens)
             line = {"sample_id": sample["sample_id"], "image_id": sample["image_id"], "task": sample["task"],
                     "answer": answer.text, "masks": [encode_rle(m) for m in answer.masks]}
