@@ -171,7 +171,9 @@ def test_conv_stem_and_token_pooling_shapes() -> None:
     assert isinstance(encoder.vit.embeddings.patch_embeddings, ConvPatchEmbeddings)
     tokens, grid = encoder(torch.rand(3, 3, 64, 64))
     assert tokens.shape == (3, 16, 32) and grid.shape == (3, 32, 4, 4)
-    assert config.num_image_tokens == 5  # the 4x4 grid pooled 2x2 for the LM, plus the global token
+    # the 4x4 grid pooled 2x2 for the LM, plus the global token and the forensic token
+    assert config.num_image_tokens == 6
+    assert dataclasses.replace(config, forensic_token=False).num_image_tokens == 5
     with pytest.raises(ValueError, match="power-of-two"):
         ImageEncoder(FiFaConfig(image_size=56, patch_size=14, vision_hidden_size=32, vision_heads=2))
     with pytest.raises(ValueError, match="image_token_pool"):

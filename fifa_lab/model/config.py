@@ -53,6 +53,9 @@ class FiFaConfig:
     dice_weight: float = 1.0
     # the forgery head's loss (detection BCE + artifact-mask BCE and Dice on every image); 0 = off
     forgery_weight: float = 1.0
+    # the LM also reads the forgery head's evidence (artifact map peak, mean, covered share) as one more
+    # image token, so "is it fake" and "where" can lean on the densely supervised head
+    forensic_token: bool = True
     special_tokens: list[str] = field(
         default_factory=lambda: [IMAGE_TOKEN, REGION_TOKEN, PHRASE_START, PHRASE_END, SEG_TOKEN])
     pad_token: str = "<pad>"
@@ -90,8 +93,8 @@ class FiFaConfig:
     @property
     def num_image_tokens(self) -> int:
         """Embeddings one ``<image>`` expands to in the LM: ``(grid_size / image_token_pool) ** 2`` pooled
-        patches plus one global token (the grid's mean)."""
-        return (self.grid_size // self.image_token_pool) ** 2 + 1
+        patches, one global token (the grid's mean) and, with ``forensic_token``, the forgery head's evidence."""
+        return (self.grid_size // self.image_token_pool) ** 2 + 1 + int(self.forensic_token)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -6,6 +6,8 @@ Data flow (shapes for batch ``B``, text length ``T``, ``N`` patches, LM width ``
     grid -> avg-pool by image_token_pool -> projector -> (B, N, D): the one <image> token of each prompt
         expands into these N embeddings
     images -> MaskDecoder stem (1/4 resolution) + grid -> pixel embeddings (B, C, H/4, W/4)
+    pixel embeddings -> ForgeryHead -> artifact logits, detection logit, evidence (B, 3) -> with
+        forensic_token, one more embedding (B, 1, D) after the image's N - 1 others
     grid + region mask (B, H, W) -> RegionEncoder -> (B, D): replaces the <region> token's embedding
     LM(inputs_embeds (B, T - 1 + N, D)) -> logits, last hidden states
     hidden state at each [SEG] (K, D) . pixel embeddings -> MaskDecoder -> mask logits (K, H, W)
@@ -71,7 +73,9 @@ class _LMRun:
     input_ids: torch.Tensor  # (B, T'), <image> repeated over its N patch positions
     attention_mask: torch.Tensor  # (B, T')
     grid: torch.Tensor  # (B, Dv, H/p, W/p)
-    images: torch.Tensor  # (B, 3, H, W), for the mask decoder's stem
+    pixel: torch.Tensor  # (B, C, H/4, W/4) pixel embeddings, shared by the mask decoder and the forgery head
+    fake_logits: torch.Tensor  # (B,) the forgery head's detection logits
+    artifact_logits: torch.Tensor  # (B, H, W) the forgery head's artifact-mask logits
 
 
 class FiFaMLLM(nn.Module):
@@ -170,9 +174,13 @@ class FiFaMLLM(nn.Module):
         pool = self.config.image_token_pool
         if pool > 1:
             tokens = F.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)  # (B, N - 1, Dv), raster order
-        # one global token (the mean of the grid, what the forgery head classifies) after the patches
+        # one global token (the mean of the grid) after the patches
         tokens = torch.cat([tokens, grid.mean((2, 3))[:, None]], 1)
         image_embeds = self.projector(tokens)  # (B, N, D)
+        pixel = self.mask_decoder.pixel_embeddings(grid, images)  # (B, C, H/4, W/4)
+        fake_logits, artifact_logits, evidence = self.forgery_head(pixel)
+        if self.config.forensic_token:  # the head's evidence as the last image token
+            image_embeds = torch.cat([image_embeds, self.forgery_head.token(evidence)[:, None]], 1)
         embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, D)
 
         has_region = (input_ids == self.token_ids[REGION_TOKEN]).any(1)  # (B,)
@@ -202,7 +210,8 @@ class FiFaMLLM(nn.Module):
         if labels is not None:
             labels = _splice(labels, at, torch.full_like(ids[:, :num], IGNORE_INDEX))
         output = self.lm(inputs_embeds=embeds, attention_mask=mask, labels=labels, **lm_kwargs)
-        return _LMRun(output=output, input_ids=ids, attention_mask=mask, grid=grid, images=images)
+        return _LMRun(output=output, input_ids=ids, attention_mask=mask, grid=grid, pixel=pixel,
+                      fake_logits=fake_logits, artifact_logits=artifact_logits)
 
     def _seg_hidden(self, run: _LMRun) -> list[torch.Tensor]:
         """Per row, the last-layer hidden states at its ``[SEG]`` tokens: ``(K_b, D)``."""
@@ -228,11 +237,10 @@ class FiFaMLLM(nn.Module):
         ce = run.output.loss if labels is not None else zero
         bce, dice, forgery = zero, zero, zero
         size = self.config.image_size
-        pixel = None
+        pixel = run.pixel
         if seg_masks is not None:
             if len(seg_masks) != images.shape[0]:
                 raise ValueError(f"seg_masks has {len(seg_masks)} entries for {images.shape[0]} images")
-            pixel = self.mask_decoder.pixel_embeddings(run.grid, run.images)
             logits, targets = [], []
             for b, hidden in enumerate(self._seg_hidden(run)):
                 target = seg_masks[b]
@@ -249,12 +257,9 @@ class FiFaMLLM(nn.Module):
             if is_fake.shape != (images.shape[0],) or tuple(artifact_masks.shape) != (images.shape[0], size, size):
                 raise ValueError(f"is_fake must be (B,) and artifact_masks (B, {size}, {size}); got "
                                  f"{tuple(is_fake.shape)} and {tuple(artifact_masks.shape)}")
-            if pixel is None:
-                pixel = self.mask_decoder.pixel_embeddings(run.grid, run.images)
-            fake_logits, artifact_logits = self.forgery_head(run.grid, pixel)
-            target = artifact_masks.to(artifact_logits.dtype)
-            forgery = F.binary_cross_entropy_with_logits(fake_logits, is_fake.to(fake_logits.dtype)) \
-                + sum(_mask_losses(artifact_logits, target))
+            target = artifact_masks.to(run.artifact_logits.dtype)
+            forgery = F.binary_cross_entropy_with_logits(run.fake_logits, is_fake.to(run.fake_logits.dtype)) \
+                + sum(_mask_losses(run.artifact_logits, target))
         loss = c.ce_weight * ce + c.bce_weight * bce + c.dice_weight * dice + c.forgery_weight * forgery
         return {"loss": loss, "ce": ce, "bce": bce, "dice": dice, "forgery": forgery, "logits": run.output.logits}
 
@@ -363,8 +368,7 @@ class FiFaMLLM(nn.Module):
         hidden = hidden[hidden.shape[0] - answer_ids.count(self.token_ids[SEG_TOKEN]):]
         size = self.config.image_size
         if hidden.shape[0]:
-            pixel = self.mask_decoder.pixel_embeddings(run.grid, run.images)[0]
-            masks = (self.mask_decoder(hidden, pixel) > 0).cpu().numpy()
+            masks = (self.mask_decoder(hidden, run.pixel[0]) > 0).cpu().numpy()
         else:
             masks = np.zeros((0, size, size), dtype=bool)
         text = self.tokenizer.decode(answer_ids, skip_special_tokens=False)

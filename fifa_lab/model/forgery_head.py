@@ -3,9 +3,16 @@
 Every training image, whatever its task, carries two labels for free: fake or real, and its artifact
 mask. The LM's answer tokens teach the encoder only through a long path (projector, LM, one answer
 token), and the ``[SEG]`` masks only on the few samples that have them. This head puts both labels
-directly on the encoder: a detection logit from the pooled grid and an artifact-mask logit from the
-mask decoder's pixel embeddings, so the features the LM reads and the ``[SEG]`` queries point at are
-trained on every sample. Weighted by ``FiFaConfig.forgery_weight`` (0 switches it off, for ablations).
+directly on the encoder: an artifact-mask logit from the mask decoder's pixel embeddings, and a
+detection logit read from that map's *evidence* (its peak, its mean and the share it covers), so the
+features the LM reads and the ``[SEG]`` queries point at are trained on every sample. Weighted by
+``FiFaConfig.forgery_weight`` (0 switches the loss off, for ablations).
+
+Detection reads the artifact map rather than the globally pooled grid because a manipulation is often
+local (a recoloured lip): pooling over the whole face dilutes it, the map's peak does not. With
+``FiFaConfig.forensic_token`` the evidence also becomes one more token after the image patches, so the
+LM can answer "fake" and ask for a mask from what the densely supervised head found (as M2F2-Det hands
+its detector's output to its LLM).
 """
 from __future__ import annotations
 
@@ -15,19 +22,39 @@ from torch import nn
 
 from fifa_lab.model.config import FiFaConfig
 
+EVIDENCE_FEATURES = 3  # peak (mean of the top 1% logits), mean logit, covered share (mean probability)
+
+
+def artifact_evidence(low: torch.Tensor) -> torch.Tensor:
+    """Artifact logits ``(B, h, w)`` -> evidence ``(B, 3)``: peak, mean logit and covered share."""
+    flat = low.flatten(1)
+    top = flat.topk(max(1, flat.shape[1] // 100), dim=1).values.mean(1)
+    return torch.stack([top, flat.mean(1), torch.sigmoid(flat).mean(1)], 1)
+
 
 class ForgeryHead(nn.Module):
-    """Encoder grid ``(B, Dv, h, w)`` + pixel embeddings ``(B, C, H/4, W/4)`` -> detection and artifact logits."""
+    """Pixel embeddings ``(B, C, H/4, W/4)`` -> fake logits ``(B,)``, artifact logits ``(B, H, W)``, evidence ``(B, 3)``.
+
+    :meth:`token` turns the evidence into one LM embedding ``(B, D)`` (``forensic_token`` builds only).
+    """
 
     def __init__(self, config: FiFaConfig) -> None:
         super().__init__()
         self.config = config
-        self.detect = nn.Sequential(nn.LayerNorm(config.vision_hidden_size), nn.Linear(config.vision_hidden_size, 1))
         self.artifact = nn.Conv2d(config.mask_decoder_dim, 1, 1)
+        self.detect = nn.Linear(EVIDENCE_FEATURES, 1)
+        # linear: the LM's own layers do the reading; the token only has to carry three numbers
+        self.to_token = nn.Linear(EVIDENCE_FEATURES, config.lm_hidden_size) if config.forensic_token else None
 
-    def forward(self, grid: torch.Tensor, pixel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``(fake_logits (B,), artifact_logits (B, H, W))``."""
-        fake = self.detect(grid.mean((2, 3)))[:, 0]
+    def forward(self, pixel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        low = self.artifact(pixel)[:, 0]  # (B, H/4, W/4)
+        evidence = artifact_evidence(low)
         size = self.config.image_size
-        artifact = F.interpolate(self.artifact(pixel), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-        return fake, artifact
+        artifact = F.interpolate(low[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        return self.detect(evidence)[:, 0], artifact, evidence
+
+    def token(self, evidence: torch.Tensor) -> torch.Tensor:
+        """Evidence ``(B, 3)`` -> the forensic token's embedding ``(B, D)``."""
+        if self.to_token is None:
+            raise RuntimeError("this model was built with forensic_token=False")
+        return self.to_token(evidence)
