@@ -193,6 +193,12 @@ def test_evaluate_experts(run_dir: Path, tmp_path: Path) -> None:
     assert set(scores) == {"det_acc", "cls_acc", "loc_miou", "n_images", "n_fake"}
     assert scores["n_images"] == len(validation) and scores["n_fake"] == list(validation["label"]).count("fake") > 0
     assert all(0.0 <= scores[key] <= 1.0 for key in ("det_acc", "cls_acc", "loc_miou"))
+    subset = evaluate_experts(run_dir, "validation", detector=detector, segmenter=segmenter, max_images=2, seed=1)
+    assert subset["n_images"] == 2
+    assert subset == evaluate_experts(run_dir, "validation", detector=detector, segmenter=segmenter, max_images=2,
+                                      seed=1)
+    with pytest.raises(ValueError, match="max_images"):
+        evaluate_experts(run_dir, "validation", detector=detector, segmenter=segmenter, max_images=0)
     with pytest.raises(ValueError, match="no images"):
         evaluate_experts(run_dir, "test", detector=detector, segmenter=segmenter)
     with pytest.raises(TypeError, match="ExpertSegmenter"):

@@ -145,12 +145,13 @@ def test_robustness_curves_cover_every_level_and_the_clean_point(run_dir: Path) 
     model = build_tiny(list(samples["prompt"]) + list(samples["target"]), tokenizer_vocab_size=400, **TINY)
     experts = {"detector": ExpertDetector(DetectorConfig()), "segmenter": ExpertSegmenter(SegmenterConfig())}
     curves = robustness_curves(model, run_dir, per_task=2, max_new_tokens=4,
-                               sweeps={"jpeg": [80, 30], "resize": [0.5]}, experts=experts)
+                               sweeps={"jpeg": [80, 30], "resize": [0.5]}, experts=experts, expert_images=3)
     assert [p["level"] for p in curves["sweeps"]["jpeg"]] == [80, 30] and len(curves["sweeps"]["resize"]) == 1
     for point in [curves["clean"], *curves["sweeps"]["jpeg"], *curves["sweeps"]["resize"]]:
         assert 0.0 <= point["det_acc"] <= 1.0 and 0.0 <= point["expert_det_acc"] <= 1.0
         assert set(point) >= {"det_acc", "loc_miou", "expert_det_acc", "expert_loc_miou"}
     assert curves["meta"]["parameters"] == {"jpeg": "quality", "resize": "scale"}
+    assert curves["meta"]["expert_images"] == 3
     with pytest.raises(ValueError, match="sweeps are over"):
         perturbation("rotate", 10)
     with pytest.raises(ValueError, match="quality"):

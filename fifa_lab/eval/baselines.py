@@ -491,11 +491,13 @@ def _as_expert(model: nn.Module | str | os.PathLike, expected: type[nn.Module], 
 def evaluate_experts(run_dir: str | os.PathLike, split: str = "test", *,
                      detector: ExpertDetector | str | os.PathLike, segmenter: ExpertSegmenter | str | os.PathLike,
                      batch_size: int = 32, device: str = "auto",
-                     perturb: Sequence[Mapping[str, Any]] | None = None) -> dict[str, float]:
+                     perturb: Sequence[Mapping[str, Any]] | None = None, max_images: int | None = None,
+                     seed: int = 0) -> dict[str, float]:
     """Det, Cls and Loc scores of both experts on a split of the run folder's image records.
 
     ``perturb``: a post-processing chain (:mod:`fifa_lab.forge.post`) applied to every image first, for
-    robustness curves; the ground truth stays as it is.
+    robustness curves; the ground truth stays as it is. ``max_images``: score a subset of that many
+    images drawn by ``seed`` (the same subset for every ``perturb``); None scores the whole split.
 
     ``detector`` and ``segmenter`` are models or folders written by :func:`save_expert` (loaded onto
     ``device``). Returns:
@@ -512,6 +514,10 @@ def evaluate_experts(run_dir: str | os.PathLike, split: str = "test", *,
     dataset = _split_dataset(run_dir, split).select_columns(["image", "label", "forgery_class", "artifact_mask"])
     if len(dataset) == 0:
         raise ValueError(f"split {split!r} of {run_dir} has no images")
+    if max_images is not None and max_images < len(dataset):
+        if max_images < 1:
+            raise ValueError(f"max_images must be a positive number of images or None, got {max_images!r}")
+        dataset = dataset.select(sorted(np.random.default_rng(seed).choice(len(dataset), max_images, replace=False)))
     det_correct = cls_correct = 0
     ious: list[float] = []
     for start in range(0, len(dataset), batch_size):

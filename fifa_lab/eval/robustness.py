@@ -5,7 +5,8 @@ Every test image (already through its own random sharing chain, see :mod:`fifa_l
 through one more operation at each level of a sweep, and the FiFa-MLLM answers the Det and Loc samples
 of the same seeded selection at every level (:func:`fifa_lab.eval.runner.predict` with ``perturb``), so
 the points of a curve differ only in the perturbation. The expert baselines, when given, are scored on
-the same perturbed split (:func:`fifa_lab.eval.baselines.evaluate_experts`).
+one seeded subset of the split's images, the same at every level
+(:func:`fifa_lab.eval.baselines.evaluate_experts`).
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def _mllm_point(model: Any, run_dir: Path, split: str, per_task: int | None, see
 
 def robustness_curves(model: Any, run_dir: str | os.PathLike, split: str = "test", *, per_task: int | None = 40,
                       seed: int = 0, max_new_tokens: int = 64, sweeps: Mapping[str, Sequence[float]] | None = None,
-                      experts: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                      experts: Mapping[str, Any] | None = None, expert_images: int | None = 100) -> dict[str, Any]:
     """Scores of ``model`` (a loaded :class:`~fifa_lab.model.FiFaMLLM`) on ``split`` as each sweep hardens.
 
     Args:
@@ -58,6 +59,8 @@ def robustness_curves(model: Any, run_dir: str | os.PathLike, split: str = "test
             down and back up); default :data:`DEFAULT_SWEEPS`.
         experts: ``{"detector": ..., "segmenter": ...}`` (models or saved folders) to score beside the
             MLLM, or None.
+        expert_images: images of the split the experts are scored on (drawn by ``seed``, the same at
+            every level); None for all.
 
     Returns:
         ``{"clean": point, "sweeps": {op: [{"level": level, **point}, ...]}, "meta": {...}}`` where a point
@@ -78,7 +81,7 @@ def robustness_curves(model: Any, run_dir: str | os.PathLike, split: str = "test
         out = _mllm_point(model, run_dir, split, per_task, seed, max_new_tokens, chain)
         if experts is not None:
             scores = evaluate_experts(run_dir, split, detector=experts["detector"], segmenter=experts["segmenter"],
-                                      perturb=chain)
+                                      perturb=chain, max_images=expert_images, seed=seed)
             out.update(expert_det_acc=scores["det_acc"], expert_loc_miou=scores["loc_miou"])
         return out
 
@@ -86,5 +89,6 @@ def robustness_curves(model: Any, run_dir: str | os.PathLike, split: str = "test
               for op, levels in sweeps.items()}
     return {"clean": point([]), "sweeps": curves,
             "meta": {"split": split, "seed": seed, "per_task": per_task, "tasks": list(ROBUSTNESS_TASKS),
+                     "expert_images": expert_images if experts is not None else None,
                      "parameters": {op: SWEEP_PARAMETER[op] for op in sweeps},
                      "applied_after": "each image's own random sharing chain"}}
