@@ -7,8 +7,11 @@ from typing import Any
 
 import nbformat
 import papermill
+import torch
 from jupyter_client.kernelspec import KernelSpecManager
 
+from fifa_lab.data.build import build_dataset, load_datasets
+from fifa_lab.model import build_tiny
 from fifa_lab.pipeline import KERNEL_NAME, NOTEBOOK_DIR, PROFILES
 
 
@@ -36,3 +39,13 @@ def run_smoke(stem: str, run_dir: Path, **overrides: Any) -> dict[str, Any]:
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     return json.loads((run_dir / f"{stem}.json").read_text())
+
+
+def untrained_run(run_dir: Path) -> None:
+    """A smoke-sized dataset in ``run_dir`` and an untrained tiny model in ``run_dir/model/best``, as notebooks
+    05 and 06 expect after 03 and 04 (a notebook must run and report whatever such a model answers)."""
+    build_dataset(run_dir, n_faces=PROFILES["smoke"]["dataset_faces"], seed=0)
+    samples = load_datasets(run_dir).samples["train"]
+    torch.manual_seed(0)
+    build_tiny(list(samples["prompt"]) + list(samples["target"]), tokenizer_vocab_size=600).save_pretrained(
+        run_dir / "model" / "best")

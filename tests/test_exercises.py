@@ -7,7 +7,6 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
-import torch
 
 from fifa_lab import exercises
 from fifa_lab.exercises import (
@@ -22,10 +21,8 @@ from fifa_lab.exercises import (
     check_parent_mask,
     check_per_class_recall,
 )
-from fifa_lab.data.build import build_dataset, load_datasets
-from fifa_lab.model import build_tiny
-from fifa_lab.pipeline import NOTEBOOK_DIR, PROFILES, _declared_parameters
-from notebook_runner import run_smoke
+from fifa_lab.pipeline import NOTEBOOK_DIR, _declared_parameters
+from notebook_runner import run_smoke, untrained_run
 
 SEEDS = (0, 1, 2, 3)
 
@@ -333,11 +330,7 @@ def test_notebook_records_its_exercises(tmp_path: Path, stem: str, solutions: bo
 @pytest.mark.slow
 def test_teacher_run_of_notebook_05(tmp_path: Path) -> None:
     """Notebook 05's exercises pass with solutions=True and are then applied to the run's own matrix."""
-    build_dataset(tmp_path, n_faces=PROFILES["smoke"]["dataset_faces"], seed=0)
-    samples = load_datasets(tmp_path).samples["train"]
-    torch.manual_seed(0)
-    build_tiny(list(samples["prompt"]) + list(samples["target"]), tokenizer_vocab_size=600).save_pretrained(
-        tmp_path / "model" / "best")
+    untrained_run(tmp_path)
     run_smoke("05_age_evaluation", tmp_path, solutions=True)
     output = printed(tmp_path / "05_age_evaluation.ipynb")
     assert "✔ per_class_recall: passed" in output and "✔ most_confused: passed" in output

@@ -5,12 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from fifa_lab.data.build import build_dataset, load_datasets
-from fifa_lab.model import build_tiny
-from fifa_lab.pipeline import PROFILES
-from notebook_runner import assert_stored_clean, run_smoke
+from notebook_runner import assert_stored_clean, run_smoke, untrained_run
 
 STEM = "05_age_evaluation"
 
@@ -21,12 +17,7 @@ def test_notebook_stored_clean() -> None:
 
 @pytest.mark.slow
 def test_notebook_05_smoke(tmp_path: Path) -> None:
-    build_dataset(tmp_path, n_faces=PROFILES["smoke"]["dataset_faces"], seed=0)
-    samples = load_datasets(tmp_path).samples["train"]
-    torch.manual_seed(0)
-    # an untrained model: the notebook must run and report whatever it scores
-    build_tiny(list(samples["prompt"]) + list(samples["target"]), tokenizer_vocab_size=600).save_pretrained(
-        tmp_path / "model" / "best")
+    untrained_run(tmp_path)
     results = run_smoke(STEM, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"Det", "Cls", "Loc", "AGE"} <= set(metrics)

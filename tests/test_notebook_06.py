@@ -5,12 +5,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import torch
 
-from fifa_lab.data.build import build_dataset, load_datasets
-from fifa_lab.model import build_tiny
-from fifa_lab.pipeline import NOTEBOOK_DIR, PROFILES
-from notebook_runner import assert_stored_clean, run_smoke
+from fifa_lab.data.build import load_datasets
+from fifa_lab.pipeline import NOTEBOOK_DIR
+from notebook_runner import assert_stored_clean, run_smoke, untrained_run
 
 STEM = "06_interactive_analysis"
 
@@ -25,12 +23,7 @@ def test_notebook_stored_clean() -> None:
 
 @pytest.mark.slow
 def test_notebook_06_smoke(tmp_path: Path) -> None:
-    build_dataset(tmp_path, n_faces=PROFILES["smoke"]["dataset_faces"], seed=0)
-    samples = load_datasets(tmp_path).samples["train"]
-    torch.manual_seed(0)
-    # an untrained model: the notebook must run and show whatever it answers
-    build_tiny(list(samples["prompt"]) + list(samples["target"]), tokenizer_vocab_size=600).save_pretrained(
-        tmp_path / "model" / "best")
+    untrained_run(tmp_path)
     results = run_smoke(STEM, tmp_path, image_index=1, concept="nose")
     test_ids = list(load_datasets(tmp_path).images["test"]["image_id"])
     assert results["image_id"] == test_ids[1] and results["truth"] in {"real", "FS", "FR", "FE", "EFS"}

@@ -113,8 +113,11 @@ def predict(model: Any, run_dir: str | os.PathLike, split: str = "test", per_tas
     if tasks is not None:
         unknown = sorted(set(tasks) - set(dataset.tasks))
         if unknown:
-            raise ValueError(f"no {', '.join(unknown)} samples in the {split} split (it has {sorted(set(dataset.tasks))})")
-    rows = [row for row in select_samples(dataset.tasks, per_task, seed) if tasks is None or dataset.tasks[row] in tasks]
+            raise ValueError(f"no {', '.join(unknown)} samples in the {split} split "
+                             f"(it has {sorted(set(dataset.tasks))})")
+    # drawn as for all tasks, then filtered: a task's samples are the ones the full benchmark answers
+    rows = [row for row in select_samples(dataset.tasks, per_task, seed)
+            if tasks is None or dataset.tasks[row] in tasks]
     out = Path(out) if out is not None else Path(run_dir) / PREDICTIONS_DIR / f"{split}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp, open(tmp, "w") as handle:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -53,9 +53,9 @@ def check_trace(trace: Trace | Mapping[str, Any] | bool | None) -> Trace | None:
     if isinstance(trace, Trace):
         return trace
     if isinstance(trace, Mapping):
-        unknown = set(trace) - {"period", "amplitude"}
+        unknown = set(trace) - {f.name for f in fields(Trace)}
         if unknown:
-            raise ValueError(f"trace takes period and amplitude, not {sorted(unknown)}")
+            raise ValueError(f"trace takes {', '.join(f.name for f in fields(Trace))}, not {sorted(unknown)}")
         return Trace(**trace)
     raise ValueError(f"trace must be True, False, None, a Trace or a dict of its fields, got {trace!r}")
 

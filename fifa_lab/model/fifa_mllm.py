@@ -237,7 +237,6 @@ class FiFaMLLM(nn.Module):
         ce = run.output.loss if labels is not None else zero
         bce, dice, forgery = zero, zero, zero
         size = self.config.image_size
-        pixel = run.pixel
         if seg_masks is not None:
             if len(seg_masks) != images.shape[0]:
                 raise ValueError(f"seg_masks has {len(seg_masks)} entries for {images.shape[0]} images")
@@ -248,8 +247,8 @@ class FiFaMLLM(nn.Module):
                     raise ValueError(f"row {b} has {hidden.shape[0]} {SEG_TOKEN} tokens, so seg_masks[{b}] must be "
                                      f"({hidden.shape[0]}, {size}, {size}); got {tuple(target.shape)}")
                 if hidden.shape[0]:
-                    logits.append(self.mask_decoder(hidden, pixel[b]))
-                    targets.append(target.to(pixel.dtype))
+                    logits.append(self.mask_decoder(hidden, run.pixel[b]))
+                    targets.append(target.to(run.pixel.dtype))
             if logits:
                 bce, dice = _mask_losses(torch.cat(logits), torch.cat(targets))
         c = self.config

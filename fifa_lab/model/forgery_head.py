@@ -36,7 +36,8 @@ def artifact_evidence(low: torch.Tensor) -> torch.Tensor:
 
 
 class ForgeryHead(nn.Module):
-    """Pixel embeddings ``(B, C, H/4, W/4)`` -> fake logits ``(B,)``, artifact logits ``(B, H, W)``, evidence ``(B, 3)``.
+    """Pixel embeddings ``(B, C, H/4, W/4)`` -> fake logits ``(B,)``, artifact logits ``(B, H, W)`` and
+    evidence ``(B, 3)``.
 
     :meth:`token` turns the evidence into one LM embedding ``(B, D)`` (``forensic_token`` builds only).
     """
