@@ -397,6 +397,31 @@ def test_changed_parameters_rebuild(tmp_path):
     assert load_datasets(run_dir).card["totals"]["images"] == 2 * 3
 
 
+def test_coarse_vocabulary_and_top5_rule_change_only_the_annotations(built, tmp_path):
+    _build(tmp_path / "coarse", concept_depth=1, annotator_rule="top5")
+    fine, coarse = load_datasets(built), load_datasets(tmp_path / "coarse")
+    assert coarse.card["parameters"]["fict"] == {"name": "fict-112-depth1", "leaves": 12}
+    assert coarse.card["parameters"]["annotator_rule"] == "top5"
+    assert fine.card["parameters"]["annotator_rule"] == "adaptive" and fine.card["parameters"]["concept_depth"] is None
+    regions = {c.id for c in load_tree().children(load_tree().root)}
+    for split in SPLITS:
+        a, b = fine.images[split], coarse.images[split]
+        assert a["image_id"] == b["image_id"]
+        for left, right in zip(a, b):
+            # the same forgery (pixels and ground-truth mask); only what the concepts are called changes
+            assert np.array_equal(np.array(left["image"]), np.array(right["image"]))
+            assert left["artifact_mask"] == right["artifact_mask"]
+            assert decode_label_map(right["label_map"]).max() < 12
+            assert {c["concept"] for c in right["concepts"]} <= regions
+            if left["label"] == "fake":
+                assert json.loads(right["params"])["annotator_rule"] == "top5"
+                # the published rule keeps 5% of the pixels
+                masks = [decode_rle(s["mask"]) for s in right["explanation"]["segments"]]
+                if masks:
+                    share = np.logical_or.reduce(masks).mean()
+                    assert 0.0 < share <= 0.051
+
+
 def test_build_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="n_faces"):
         build_dataset(tmp_path, n_faces=0)
@@ -404,6 +429,10 @@ def test_build_rejects_bad_arguments(tmp_path):
         build_dataset(tmp_path, n_faces=1, classes=("XX",))
     with pytest.raises(KeyError, match="unknown task"):
         build_dataset(tmp_path, n_faces=1, tasks=["Nope"])
+    with pytest.raises(ValueError, match="unknown mask rule"):
+        build_dataset(tmp_path, n_faces=1, annotator_rule="median")
+    with pytest.raises(ValueError, match="depth"):
+        build_dataset(tmp_path, n_faces=1, concept_depth=0)
     with pytest.raises(FileNotFoundError, match="build the data first"):
         load_datasets(tmp_path / "nothing")
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from fifa_lab.faces.synth import face_landmarks, sample_params
-from fifa_lab.fict import DEFAULT_TREE, TreeError, geometry, load_tree, tree_from_dict
+from fifa_lab.fict import DEFAULT_TREE, TreeError, coarse_tree, geometry, leaf_lookup, load_tree, tree_from_dict
 from fifa_lab.fict.tree import GAP_FILL
 from fifa_lab.ibug68 import LEFT_BROW, LEFT_EYE, RIGHT_BROW, RIGHT_EYE, FaceFrame, canonical_frame, mean_shape
 
@@ -719,6 +719,38 @@ def test_a_coarse_user_tree_loads_and_draws(tmp_path, frontal):
     json_path = tmp_path / "coarse.json"
     json_path.write_text(json.dumps(yaml.safe_load(COARSE_YAML)), encoding="utf-8")
     assert np.array_equal(load_tree(json_path).label_map(frontal, HW), labels)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_coarse_tree_cuts_at_a_depth_and_keeps_the_geometry(tree, frontal, frontal_masks_all, depth):
+    coarse = coarse_tree(tree, depth)
+    expected = {tree.ancestor_at_depth(leaf.id, depth).id for leaf in tree.leaves()}
+    assert {leaf.id for leaf in coarse.leaves()} == expected
+    assert len(coarse.leaves()) == {1: 12, 2: 52}[depth]
+    assert coarse.name == f"fict-112-depth{depth}"
+    # a coarse leaf's mask is exactly the union of the fine leaves it replaces
+    coarse_masks = coarse.masks(frontal, HW, ALL_ON)
+    for leaf in coarse.leaves():
+        union = np.logical_or.reduce([frontal_masks_all[f.id] for f in tree.leaves(leaf.id)])
+        assert np.array_equal(coarse_masks[leaf.id], union), leaf.id
+    # label maps carried over by the lookup name the coarse leaf above each fine one
+    fine_labels = tree.label_map(frontal, HW, ALL_ON)
+    mapped = leaf_lookup(tree, coarse)[fine_labels]
+    assert mapped.dtype == np.int16 and mapped.min() >= -1
+    for leaf in tree.leaves():
+        hit = fine_labels == tree.leaf_index[leaf.id]
+        if hit.any():
+            above = tree.ancestor_at_depth(leaf.id, depth).id
+            assert (mapped[hit] == coarse.leaf_index[above]).all()
+    assert ((fine_labels == -1) == (mapped == -1)).all()
+
+
+def test_coarse_tree_refuses_bad_depths_and_lookup_needs_a_cut_of_the_same_tree(tree):
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="depth"):
+            coarse_tree(tree, bad)
+    with pytest.raises(ValueError, match="lies under no leaf"):
+        leaf_lookup(coarse_tree(tree, 1), tree)
 
 
 def test_register_recipe_adds_a_kind_usable_from_a_tree_dict(frontal):

@@ -22,6 +22,7 @@ their samples likewise, so the data does not depend on ``num_proc``, batch sizes
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -40,6 +41,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict, Features, load_from_disk
 
 from fifa_lab.annotate import annotate
+from fifa_lab.annotate.mask import get_rule
 from fifa_lab.data.records import (
     IMAGE_FEATURES,
     SCHEMA_VERSION,
@@ -50,8 +52,9 @@ from fifa_lab.data.records import (
     make_record,
 )
 from fifa_lab.faces import synth_face
-from fifa_lab.fict import load_tree
+from fifa_lab.fict import ConceptTree, coarse_tree, leaf_lookup, load_tree
 from fifa_lab.forge import forge
+from fifa_lab.forge.core import ground_truth_concepts
 from fifa_lab.forge.post import apply_post, random_chain
 from fifa_lab.forge.trace import DEFAULT_TRACE
 from fifa_lab.io import atomic_path, write_json
@@ -104,12 +107,27 @@ def source_id_of(seed: int, index: int) -> str:
     return f"synth-s{seed}-{index:06d}"
 
 
+@functools.lru_cache(maxsize=4)
+def concept_vocabulary(concept_depth: int | None) -> tuple[ConceptTree, np.ndarray | None]:
+    """The tree whose concepts records and explanations name, and the table carrying FICT label maps to it.
+
+    ``None`` is the 112-leaf FICT itself (no table); a depth is the FICT cut there (:func:`coarse_tree`),
+    the coarse-vocabulary arm of the ablation. Forgeries are always made on the full FICT (methods pick
+    their regions by its concepts); only what the annotator and the records call them changes.
+    """
+    fine = load_tree()
+    if concept_depth is None:
+        return fine, None
+    coarse = coarse_tree(fine, concept_depth)
+    return coarse, leaf_lookup(fine, coarse)
+
+
 def face_records(index: int, config: dict[str, Any]) -> list[dict[str, Any]]:
     """The records of face ``index``: the real face, then its ``fakes_per_face`` fakes.
 
     Fakes cycle through ``classes`` across faces (face i, fake j gets ``classes[(i*k + j) % len]``) so
-    the classes stay balanced for any number of faces. The annotator sees the fake, its real source and
-    the fake's own geometry (the image it explains), never the ground-truth mask.
+    the classes stay balanced for any number of faces. The annotator (rule ``annotator_rule``) sees the
+    fake, its real source and the fake's own geometry (the image it explains), never the ground-truth mask.
 
     With ``post="random"`` the stored real image goes through its own random post-processing chain
     (JPEG, resizing, blur, noise), as every fake does: were only fakes compressed, "is it compressed"
@@ -117,30 +135,39 @@ def face_records(index: int, config: dict[str, Any]) -> list[dict[str, Any]]:
     """
     seed, size = config["seed"], config["size"]
     classes, per_face = config["classes"], config["fakes_per_face"]
-    tree = load_tree()
+    fict = load_tree()
+    tree, lookup = concept_vocabulary(config["concept_depth"])
     source_id = source_id_of(seed, index)
     face_seed = _derived_seed(seed, index)
     face = synth_face(face_seed, size)
     provenance = {"generator": "synthetic", "seed": seed, "face_index": index, "face_seed": face_seed}
-    real_params, shown = provenance, face
+    named = face if lookup is None else dataclasses.replace(face, label_map=lookup[face.label_map])
+    real_params, shown = provenance, named
     if config["post"] == "random":
         chain = random_chain(np.random.default_rng(_derived_seed(seed, index, 0)))
-        shown = dataclasses.replace(face, image=apply_post(face.image, chain))
+        shown = dataclasses.replace(named, image=apply_post(face.image, chain))
         real_params = {**provenance, "post": chain}
     records = [make_record(shown, source_id=source_id, params=real_params, tree=tree)]
     for j in range(per_face):
         forgery_class = classes[(index * per_face + j) % len(classes)]
         forge_seed = _derived_seed(seed, index, j + 1)
         try:
-            forgery = forge(face, forgery_class, seed=forge_seed, post=config["post"], tree=tree,
+            forgery = forge(face, forgery_class, seed=forge_seed, post=config["post"], tree=fict,
                             trace=config["trace"] or False)
-            fake_labels = fake_label_map(face, forgery, tree)
+            fake_labels = fake_label_map(face, forgery, fict)
+            if lookup is not None:
+                # the same geometry in the coarse vocabulary; "same map as the face" stays the same object
+                fake_labels = named.label_map if fake_labels is face.label_map else lookup[fake_labels]
+                maps = [named.label_map] if fake_labels is named.label_map else [named.label_map, fake_labels]
+                layers = [((artifact,), region) for artifact, region in forgery.artifact_masks.items()]
+                forgery = dataclasses.replace(
+                    forgery, concepts=ground_truth_concepts(tree, maps, forgery.mask, layers))
             annotation = annotate(forgery.fake, real=forgery.real, landmarks=forgery.landmarks,
-                                  label_map=fake_labels, seed=forge_seed)
+                                  label_map=fake_labels, tree=tree, rule=config["annotator_rule"], seed=forge_seed)
         except Exception as exc:
             raise RuntimeError(f"face {index} (face seed {face_seed}), {forgery_class} fake {j} "
                                f"(forge seed {forge_seed}): {exc}") from exc
-        records.append(make_record(face, forgery, annotation, source_id=source_id, tree=tree,
+        records.append(make_record(named, forgery, annotation, source_id=source_id, tree=tree,
                                    image_id=f"{source_id}-{forgery_class}-{j}", label_map=fake_labels,
                                    params={**provenance, "forge_seed": forge_seed, "post": config["post"]}))
     return records
@@ -157,10 +184,11 @@ def _generate_records(shards: list[list[int]], config: str) -> Iterator[dict[str
             yield from face_records(index, settings)
 
 
-def _samples_batch(batch: dict[str, list], indices: list[int], seed: int, tasks: list[str]) -> dict[str, list]:
+def _samples_batch(batch: dict[str, list], indices: list[int], seed: int, tasks: list[str],
+                   concept_depth: int | None) -> dict[str, list]:
     """Batched ``.map`` body: all samples of a batch of image records, as columns."""
     columns: dict[str, list] = {name: [] for name in SAMPLE_FEATURES}
-    tree = load_tree()
+    tree, _ = concept_vocabulary(concept_depth)
     for row, index in enumerate(indices):
         record = {name: batch[name][row] for name in batch}
         record["image_index"] = index
@@ -221,7 +249,8 @@ def _split_indices(n_faces: int, seed: int, ratios: Sequence[float]) -> dict[str
 
 
 def _build_images(out: Path, scratch: Path, params: dict[str, Any], num_proc: int, batch_size: int) -> None:
-    config = json.dumps({k: params[k] for k in ("seed", "size", "classes", "fakes_per_face", "post", "trace")})
+    config = json.dumps({k: params[k] for k in ("seed", "size", "classes", "fakes_per_face", "post", "trace",
+                                                 "annotator_rule", "concept_depth")})
     splits = {}
     for split, indices in _split_indices(params["n_faces"], params["seed"], params["ratios"]).items():
         if not indices:
@@ -265,7 +294,7 @@ def _build_samples(out: Path, scratch: Path, images: DatasetDict, params: dict[s
         splits[split] = inputs.map(
             _samples_batch, batched=True, batch_size=batch_size, with_indices=True,
             remove_columns=list(SAMPLE_INPUTS), features=SAMPLE_FEATURES,
-            fn_kwargs={"seed": params["seed"], "tasks": params["tasks"]},
+            fn_kwargs={"seed": params["seed"], "tasks": params["tasks"], "concept_depth": params["concept_depth"]},
             num_proc=num_proc if num_proc > 1 and len(dataset) > 1 else None,
             cache_file_name=str(scratch / f"{split}.arrow"), writer_batch_size=batch_size * 16,
             load_from_cache_file=False, desc=f"FiFa samples ({split})")
@@ -294,7 +323,8 @@ def _build_step(root: Path, final: Path, params: dict[str, Any], make: Callable[
 def build_dataset(run_dir: str | os.PathLike, n_faces: int, seed: int = 0, size: int = 256,
                   classes: Sequence[str] = FAKE_CLASSES, fakes_per_face: int = 1, num_proc: int = 1,
                   post: str | None = "random", batch_size: int = 32, tasks: Sequence[str] | None = None,
-                  ratios: Sequence[float] = SPLIT_RATIOS, trace: bool = True) -> DatasetPaths:
+                  ratios: Sequence[float] = SPLIT_RATIOS, trace: bool = True, annotator_rule: str = "adaptive",
+                  concept_depth: int | None = None) -> DatasetPaths:
     """Generate the image records and FiFa instruction samples of ``n_faces`` synthetic faces.
 
     Args:
@@ -311,6 +341,10 @@ def build_dataset(run_dir: str | os.PathLike, n_faces: int, seed: int = 0, size:
         ratios: train / validation / test shares of the identities.
         trace: leave the default generator trace in every fake (:mod:`fifa_lab.forge.trace`); False makes
             fakes that differ from their real only in content, which no single-image detector can learn.
+        annotator_rule: the FiFa-Annotator's mask rule (:data:`fifa_lab.annotate.mask.RULES`: ``adaptive``,
+            the published ``top5``, ``otsu``), which draws the explanation masks.
+        concept_depth: None names concepts with the 112 FICT leaves; a depth cuts the tree there
+            (1 = 12 regions such as "eyes"), the coarse arm of the ablation (:func:`concept_vocabulary`).
 
     Returns:
         The paths of both datasets and the data card. A call whose parameters match a finished build
@@ -329,16 +363,18 @@ def build_dataset(run_dir: str | os.PathLike, n_faces: int, seed: int = 0, size:
         if task_id not in TASKS:
             raise KeyError(f"unknown task {task_id!r} (known: {', '.join(TASKS)})")
     assign_split("check", ratios)  # validates the ratios before any work
+    get_rule(annotator_rule)  # unknown rule names fail here, not in a worker
 
     paths = data_paths(run_dir)
     paths.root.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(paths.root)
-    tree = load_tree()
+    tree, _ = concept_vocabulary(concept_depth)
     image_params = {
         "schema": SCHEMA_VERSION, "generator": "synthetic", "n_faces": int(n_faces), "seed": int(seed),
         "size": int(size), "classes": list(classes), "fakes_per_face": int(fakes_per_face), "post": post,
         "trace": DEFAULT_TRACE.to_dict() if trace else None, "ratios": [float(r) for r in ratios],
-        "fict": {"name": tree.name, "leaves": len(tree.leaves())},
+        "fict": {"name": tree.name, "leaves": len(tree.leaves())}, "concept_depth": concept_depth,
+        "annotator_rule": annotator_rule,
         "fifa_lab": package_versions()["fifa-lab"],
     }
     sample_params = {**image_params, "tasks": task_ids, "task_signature": _task_signature(task_ids)}

@@ -242,6 +242,56 @@ class ConceptTree:
         return copy.deepcopy({"name": self.name, "shapes": self.shapes, "concepts": concepts})
 
 
+def coarse_tree(tree: ConceptTree | None = None, depth: int = 1) -> ConceptTree:
+    """``tree`` cut at ``depth``: every concept there becomes a leaf covering all the leaves it had.
+
+    The coarse-vocabulary arm of the ablation (depth 1 of the FICT gives 12 regions such as ``eyes`` and
+    ``mouth``, the granularity of a face parser). Geometry is kept exactly: the concepts below the cut
+    become named shapes (so recipes that clip to them still work) and a new leaf is the union of its old
+    leaves, written as "the image minus (the image minus those leaves)" because recipes have no union of
+    names. Use :func:`leaf_lookup` to carry label maps of ``tree`` over to the coarse tree.
+    """
+    tree = load_tree() if tree is None else tree
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth must be an integer >= 1 (1 = the children of the root), got {depth!r}")
+    data = tree.to_dict()
+    shapes = dict(data["shapes"])
+
+    def as_union(key: str) -> dict[str, Any]:
+        outside = f"{key}__outside"
+        shapes[outside] = {"kind": "image", "minus": [leaf.id for leaf in tree.leaves(key)]}
+        return {"kind": "image", "minus": [outside]}
+
+    concepts = []
+    for entry in data["concepts"]:
+        key, level = entry["id"], tree.depth(entry["id"])
+        if level > depth:
+            shapes[key] = entry["recipe"] if "recipe" in entry else as_union(key)
+        elif level == depth and not tree.is_leaf(key):
+            layer = max(leaf.layer for leaf in tree.leaves(key))
+            concepts.append({**entry, "layer": layer, "recipe": as_union(key)})
+        else:
+            concepts.append(entry)
+    return tree_from_dict({"name": f"{tree.name}-depth{depth}", "shapes": shapes, "concepts": concepts},
+                          source=f"{tree.name} cut at depth {depth}")
+
+
+def leaf_lookup(fine: ConceptTree, coarse: ConceptTree) -> np.ndarray:
+    """Index table ``t`` with ``t[fine_label_map]`` = the same map in ``coarse``'s leaves (-1 stays -1).
+
+    Every leaf of ``fine`` must lie under a leaf of ``coarse`` with the same id (as :func:`coarse_tree`
+    makes them).
+    """
+    table = np.full(len(fine.leaves()) + 1, -1, dtype=np.int16)  # the last entry is what -1 indexes
+    for leaf in fine.leaves():
+        above = [leaf.id] + [a.id for a in fine.ancestors(leaf.id)]
+        hit = next((key for key in above if key in coarse.leaf_index), None)
+        if hit is None:
+            raise ValueError(f"leaf '{leaf.id}' of {fine.name} lies under no leaf of {coarse.name}")
+        table[fine.leaf_index[leaf.id]] = coarse.leaf_index[hit]
+    return table
+
+
 def load_tree(path: str | Path | None = None) -> ConceptTree:
     """Load and validate a concept tree; ``None`` gives the default 112-leaf FICT (loaded once, shared)."""
     if path is None:
