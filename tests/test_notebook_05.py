@@ -26,3 +26,7 @@ def test_notebook_05_smoke(tmp_path: Path) -> None:
     assert "Det acc" in metrics["bars"] and "AGE mIoU" in metrics["bars"]
     assert results["meta"] == metrics["meta"]
     assert "05_classes_and_iou.png" in results["figures"]
+    # the ablation table: every arm trained on its own data and scored on this run's test split
+    assert [row["arm"] for row in metrics["ablations"]["rows"]] == ["full", "no_aux", "coarse_tree", "top5_masks"]
+    assert metrics["ablations"]["meta"]["budget"]["steps"] == 2
+    assert "05_ablations.png" in results["figures"]
