@@ -18,6 +18,7 @@ from fifa_lab.eval.baselines import (
     ExpertTrainConfig,
     SegmenterConfig,
     _mask_iou,
+    ARTIFACT_PIXEL_WEIGHT,
     _segmenter_batch,
     evaluate_experts,
     images_to_tensor,
@@ -25,6 +26,7 @@ from fifa_lab.eval.baselines import (
     predict_detector,
     predict_masks,
     save_expert,
+    segmenter_loss,
     train_detector,
     train_segmenter,
 )
@@ -84,6 +86,32 @@ def test_training_overfits_four_images(train_images: Dataset) -> None:
         assert result.steps == 30 and len(result.losses) == 30 and result.seconds > 0
         assert np.mean(result.losses[-5:]) < 0.8 * np.mean(result.losses[:5]), result.losses
         assert not result.model.training
+
+
+class _FixedLogits(torch.nn.Module):
+    """Stands in for a segmenter: returns the same logits whatever the images (to check the loss alone)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits
+
+
+def test_segmenter_loss_weights_artifact_pixels_and_counts_dice_on_fakes_only() -> None:
+    images = torch.zeros(2, 3, 4, 4)
+    fake_mask = torch.zeros(4, 4)
+    fake_mask[:2, :2] = 1.0  # 4 of 16 pixels
+    empty = torch.zeros(4, 4)
+    # all logits 0 (p = 0.5): BCE is log 2 per clean pixel and 3 log 2 per artifact pixel
+    logits = torch.zeros(2, 4, 4)
+    both = segmenter_loss(_FixedLogits(logits), images, torch.stack([fake_mask, empty]))
+    bce = np.log(2) * (28 + 4 * ARTIFACT_PIXEL_WEIGHT) / 32
+    dice_fake = 1 - (2 * 0.5 * 4 + 1) / (0.5 * 16 + 4 + 1)
+    assert both.item() == pytest.approx(bce + dice_fake, rel=1e-5)  # the real image adds no Dice term
+    reals = segmenter_loss(_FixedLogits(logits), images, torch.stack([empty, empty]))
+    assert reals.item() == pytest.approx(np.log(2), rel=1e-5)  # BCE alone on a batch of reals
 
 
 def test_time_budget_stops_training(train_images: Dataset) -> None:
