@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
 
 from fifa_lab.model import FiFaConfig, FiFaMLLM, Response, build_tiny, parse_phrases, train_tokenizer
+from fifa_lab.model.parsing_head import IGNORE_LABEL
 from fifa_lab.model.region_encoder import boxes_to_masks
 from fifa_lab.tasks.registry import IMAGE_TOKEN, REGION_TOKEN, SEG_TOKEN
 
@@ -52,8 +54,48 @@ def test_forward_shapes_and_finite_losses(model: FiFaMLLM, batch: dict) -> None:
     assert torch.isclose(out["loss"], c.ce_weight * out["ce"] + c.bce_weight * out["bce"] + c.dice_weight * out["dice"])
     assert (c.ce_weight, c.bce_weight, c.dice_weight) == (1.0, 2.0, 1.0)
     counts = model.parameter_counts()
-    assert set(counts) == {"image_encoder", "projector", "region_encoder", "lm", "mask_decoder", "forgery_head", "total"}
+    assert set(counts) == {"image_encoder", "projector", "region_encoder", "lm", "mask_decoder", "forgery_head",
+                           "parsing_head", "total"}
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+
+
+def test_parsing_loss_reads_cell_centres_ignores_unknown_and_rejects_foreign_classes(model: FiFaMLLM,
+                                                                                   batch: dict) -> None:
+    head = model.parsing_head
+    classes, low = model.config.parsing_classes, SIZE // 4
+    labels = torch.zeros(2, SIZE, SIZE, dtype=torch.long)
+    labels[:, :SIZE // 2] = 5  # top half: leaf 4
+    labels[1] = IGNORE_LABEL  # the second image has no label map
+    # logits that put everything on the true class at each 4x4 cell centre: loss near 0
+    sure = torch.full((2, classes, low, low), -20.0)
+    sure[:, 0] = 20.0
+    sure[:, 5, :low // 2] = 20.0
+    sure[:, 0, :low // 2] = -20.0
+    assert head.loss(sure, labels) < 1e-6
+    flat = torch.zeros(2, classes, low, low)
+    assert head.loss(flat, labels) == pytest.approx(np.log(classes), rel=1e-5)  # uniform: log(classes)
+    assert head.loss(flat, torch.full_like(labels, IGNORE_LABEL)) == 0
+    with pytest.raises(ValueError, match="parsing_classes"):
+        head.loss(flat, torch.full_like(labels, classes))
+    # through forward: the weighted parsing term is part of the loss
+    out = model(**batch, label_maps=labels)
+    c = model.config
+    assert out["parsing"] > 0 and torch.isclose(out["loss"], c.ce_weight * out["ce"] + c.bce_weight * out["bce"]
+                                                + c.dice_weight * out["dice"] + c.parsing_weight * out["parsing"])
+    with pytest.raises(ValueError, match="label_maps must be"):
+        model(**batch, label_maps=labels[:, :8])
+    off = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_weight=0.0)
+    assert off.parsing_head is None and "parsing_head" not in off.parameter_counts()
+
+
+def test_checkpoint_from_before_the_parsing_head_loads_without_one(model: FiFaMLLM, tmp_path) -> None:
+    off = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_weight=0.0)
+    off.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["parsing_weight"], config["parsing_classes"]  # what an older checkpoint wrote
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    loaded = FiFaMLLM.from_pretrained(tmp_path / "old")
+    assert loaded.parsing_head is None and loaded.config.parsing_weight == 0.0
 
 
 def test_ground_gives_one_mask_per_seg(model: FiFaMLLM) -> None:

@@ -5,13 +5,18 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from fifa_lab.data.build import build_dataset, load_datasets
+from fifa_lab.data.records import decode_label_map
+from fifa_lab.model.parsing_head import IGNORE_LABEL
 from fifa_lab.model import FiFaMLLM, build_tiny
 from fifa_lab.train import SampleDataset, TrainConfig, checkpoints, collate, train
+from fifa_lab.train.data import parsing_target
 
 SIZE = 64
 TINY = dict(image_size=SIZE, patch_size=16, vision_hidden_size=32, vision_layers=1, vision_heads=2,
@@ -65,6 +70,14 @@ def test_dataset_ratios_and_collate(data_dir: Path) -> None:
     batch = collate(model)(rows)
     assert batch["images"].shape == (4, 3, SIZE, SIZE) and batch["regions"].shape == (4, SIZE, SIZE)
     assert [m.shape[1:] for m in batch["seg_masks"]] == [(SIZE, SIZE)] * 4
+    # the parsing target is the stored FICT label map, shifted so 0 is "no concept"
+    record = data.images["train"][int(data.samples["train"][0]["image_index"])]
+    stored = decode_label_map(record["label_map"])
+    assert torch.equal(full[0]["label_map"], torch.from_numpy(
+        cv2.resize(stored.astype(np.int32) + 1, (SIZE, SIZE), interpolation=cv2.INTER_NEAREST)).long())
+    assert batch["label_maps"].shape == (4, SIZE, SIZE) and batch["label_maps"].dtype == torch.long
+    assert int(batch["label_maps"].min()) >= 0
+    assert torch.equal(parsing_target(None, SIZE), torch.full((SIZE, SIZE), IGNORE_LABEL))
     batch.pop("tasks")
     assert torch.isfinite(model(**batch)["loss"])
 

@@ -53,6 +53,10 @@ class FiFaConfig:
     dice_weight: float = 1.0
     # the forgery head's loss (detection BCE + artifact-mask BCE and Dice on every image); 0 = off
     forgery_weight: float = 1.0
+    # the parsing head's loss (per-pixel FICT leaf classification on every image, see parsing_head.py);
+    # 0 = no head. Classes: the FICT's 112 leaves + "no concept"
+    parsing_weight: float = 1.0
+    parsing_classes: int = 113
     # the LM also reads the forgery head's evidence (artifact map peak, mean, covered share) as one more
     # image token, so "is it fake" and "where" can lean on the densely supervised head
     forensic_token: bool = True
@@ -69,6 +73,8 @@ class FiFaConfig:
             raise ValueError(f"vision_stem must be 'conv' or 'patch', got {self.vision_stem!r}")
         if self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4 (the pixel decoder works at 1/4), got {self.image_size}")
+        if self.parsing_classes < 2:
+            raise ValueError(f"parsing_classes must be >= 2 (leaves + 'no concept'), got {self.parsing_classes}")
         if self.image_token_pool < 1 or self.grid_size % self.image_token_pool:
             raise ValueError(f"image_token_pool {self.image_token_pool} must be >= 1 and divide the "
                              f"{self.grid_size}-patch grid")

@@ -8,6 +8,7 @@ Data flow (shapes for batch ``B``, text length ``T``, ``N`` patches, LM width ``
     images -> MaskDecoder stem (1/4 resolution) + grid -> pixel embeddings (B, C, H/4, W/4)
     pixel embeddings -> ForgeryHead -> artifact logits, detection logit, evidence (B, 3) -> with
         forensic_token, one more embedding (B, 1, D) after the image's N - 1 others
+    pixel embeddings -> ParsingHead -> FICT leaf logits (B, L + 1, H/4, W/4), a training-only loss
     grid + region mask (B, H, W) -> RegionEncoder -> (B, D): replaces the <region> token's embedding
     LM(inputs_embeds (B, T - 1 + N, D)) -> logits, last hidden states
     hidden state at each [SEG] (K, D) . pixel embeddings -> MaskDecoder -> mask logits (K, H, W)
@@ -37,6 +38,7 @@ from fifa_lab.model.config import PHRASE_END, PHRASE_START, FiFaConfig
 from fifa_lab.model.forgery_head import ForgeryHead
 from fifa_lab.model.image_encoder import ImageEncoder
 from fifa_lab.model.mask_decoder import MaskDecoder
+from fifa_lab.model.parsing_head import ParsingHead
 from fifa_lab.model.region_encoder import RegionEncoder
 from fifa_lab.tasks.registry import IMAGE_TOKEN, REGION_TOKEN, SEG_TOKEN
 
@@ -115,6 +117,7 @@ class FiFaMLLM(nn.Module):
             eos_token_id=self.token_ids[config.eos_token], tie_word_embeddings=False))
         self.mask_decoder = MaskDecoder(config)
         self.forgery_head = ForgeryHead(config)
+        self.parsing_head = ParsingHead(config) if config.parsing_weight else None
 
     # --- text ---------------------------------------------------------------------------------------
 
@@ -222,20 +225,22 @@ class FiFaMLLM(nn.Module):
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: torch.Tensor | None = None, regions: torch.Tensor | None = None,
                 seg_masks: Sequence[torch.Tensor] | None = None, is_fake: torch.Tensor | None = None,
-                artifact_masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                artifact_masks: torch.Tensor | None = None,
+                label_maps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Training/eval pass.
 
         ``images`` ``(B, 3, H, W)`` in [0, 1]; ``input_ids``/``attention_mask``/``labels`` ``(B, T)`` from
         :meth:`encode`; ``regions`` ``(B, H, W)`` masks for rows with ``<region>`` (other rows ignored);
         ``seg_masks`` one ``(K_b, H, W)`` tensor per row, ``K_b`` = that row's ``[SEG]`` count;
-        ``is_fake`` ``(B,)`` and ``artifact_masks`` ``(B, H, W)`` the image labels of the forgery head.
-        Returns ``loss`` (weighted sum), ``ce``, ``bce``, ``dice``, ``forgery`` (zero when not computed) and
-        ``logits`` ``(B, T - 1 + N, V)``.
+        ``is_fake`` ``(B,)`` and ``artifact_masks`` ``(B, H, W)`` the image labels of the forgery head;
+        ``label_maps`` ``(B, H, W)`` long the parsing head's (FICT leaf + 1, 0 = none, -100 = unknown).
+        Returns ``loss`` (weighted sum), ``ce``, ``bce``, ``dice``, ``forgery``, ``parsing`` (zero when not
+        computed) and ``logits`` ``(B, T - 1 + N, V)``.
         """
         run = self._run(images, input_ids, attention_mask, labels, regions, output_hidden_states=True)
         zero = run.output.logits.new_zeros(())
         ce = run.output.loss if labels is not None else zero
-        bce, dice, forgery = zero, zero, zero
+        bce, dice, forgery, parsing = zero, zero, zero, zero
         size = self.config.image_size
         if seg_masks is not None:
             if len(seg_masks) != images.shape[0]:
@@ -259,8 +264,14 @@ class FiFaMLLM(nn.Module):
             target = artifact_masks.to(run.artifact_logits.dtype)
             forgery = F.binary_cross_entropy_with_logits(run.fake_logits, is_fake.to(run.fake_logits.dtype)) \
                 + sum(_mask_losses(run.artifact_logits, target))
-        loss = c.ce_weight * ce + c.bce_weight * bce + c.dice_weight * dice + c.forgery_weight * forgery
-        return {"loss": loss, "ce": ce, "bce": bce, "dice": dice, "forgery": forgery, "logits": run.output.logits}
+        if self.parsing_head is not None and label_maps is not None:
+            if tuple(label_maps.shape) != (images.shape[0], size, size):
+                raise ValueError(f"label_maps must be (B, {size}, {size}); got {tuple(label_maps.shape)}")
+            parsing = self.parsing_head.loss(self.parsing_head(run.pixel), label_maps.long())
+        loss = (c.ce_weight * ce + c.bce_weight * bce + c.dice_weight * dice + c.forgery_weight * forgery
+                + c.parsing_weight * parsing)
+        return {"loss": loss, "ce": ce, "bce": bce, "dice": dice, "forgery": forgery, "parsing": parsing,
+                "logits": run.output.logits}
 
     # --- inference ----------------------------------------------------------------------------------
 
@@ -400,7 +411,10 @@ class FiFaMLLM(nn.Module):
         if missing:
             raise FileNotFoundError(f"{directory} is not a FiFa-MLLM checkpoint: missing {', '.join(missing)}; "
                                     "pass a folder written by FiFaMLLM.save_pretrained (e.g. runs/<name>/model/best)")
-        config = FiFaConfig.load(directory / CONFIG_FILE)
+        stored = json.loads((directory / CONFIG_FILE).read_text())
+        # checkpoints from before the parsing head have no such weights: load them without one
+        stored.setdefault("parsing_weight", 0.0)
+        config = FiFaConfig.from_dict(stored)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory / TOKENIZER_DIR))
         if (directory / ARCHITECTURE_FILE).exists():
             from fifa_lab.model.pretrained import modules_from_architecture  # lazy: pretrained imports this module
@@ -414,8 +428,9 @@ class FiFaMLLM(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per component plus ``total``."""
-        parts = ("image_encoder", "projector", "region_encoder", "lm", "mask_decoder", "forgery_head")
-        counts = {name: sum(p.numel() for p in getattr(self, name).parameters()) for name in parts}
+        parts = ("image_encoder", "projector", "region_encoder", "lm", "mask_decoder", "forgery_head", "parsing_head")
+        counts = {name: sum(p.numel() for p in getattr(self, name).parameters()) for name in parts
+                  if getattr(self, name) is not None}
         counts["total"] = sum(p.numel() for p in self.parameters())
         return counts
 

@@ -20,6 +20,8 @@ from datasets import Dataset as HFDataset
 from torch.utils.data import Dataset, Sampler
 
 from fifa_lab.data.masks import box_to_mask, decode_rle
+from fifa_lab.data.records import decode_label_map
+from fifa_lab.model.parsing_head import IGNORE_LABEL
 
 
 def load_image(image: Any, size: int) -> np.ndarray:
@@ -54,6 +56,17 @@ def region_mask(region: Mapping[str, Any] | None, source_size: Sequence[int], si
     return resize_mask(decode_rle(region["mask"]), size)
 
 
+def parsing_target(label_map: Any, size: int) -> torch.Tensor:
+    """A stored ``label_map`` column value -> ``(size, size)`` long: leaf index + 1, 0 = no concept;
+    ``IGNORE_LABEL`` everywhere when the image has no label map (``None``)."""
+    if label_map is None:
+        return torch.full((size, size), IGNORE_LABEL, dtype=torch.long)
+    labels = decode_label_map(label_map).astype(np.int64) + 1
+    if labels.shape != (size, size):
+        labels = cv2.resize(labels.astype(np.int32), (size, size), interpolation=cv2.INTER_NEAREST)
+    return torch.from_numpy(labels.astype(np.int64))
+
+
 def task_weights(tasks: Sequence[str], ratios: Mapping[str, float]) -> np.ndarray:
     """Per-row draw probability so that task ``t`` is drawn with share ``ratios[t] / sum(ratios)``.
 
@@ -74,7 +87,8 @@ class SampleDataset(Dataset):
     switched off); a negative ratio is an error. Each item is a dict with ``image`` ``(3, S, S)`` float
     in [0, 1], ``prompt``, ``target``, ``task``, ``masks`` ``(K, S, S)`` float (one per ``[SEG]``),
     ``region`` ``(S, S)`` float or ``None``, and the image's own labels for the forgery head: ``is_fake``
-    (0/1) and ``artifact_mask`` ``(S, S)`` float.
+    (0/1) and ``artifact_mask`` ``(S, S)`` float; and for the parsing head ``label_map`` ``(S, S)`` long
+    (FICT leaf + 1, 0 = no concept, ``IGNORE_LABEL`` everywhere for an image stored without one).
     """
 
     def __init__(self, samples: HFDataset, images: HFDataset, image_size: int,
@@ -86,7 +100,7 @@ class SampleDataset(Dataset):
         keep = [i for i, task in enumerate(samples["task"]) if self.ratios.get(task, 1.0) > 0]
         self.samples = samples.select(keep)
         # only what training reads: decoding the label map and the rest per row would be wasted work
-        self.images = images.select_columns(["image", "label", "artifact_mask"])
+        self.images = images.select_columns(["image", "label", "artifact_mask", "label_map"])
         self.image_size = image_size
         self.tasks: list[str] = list(self.samples["task"])
 
@@ -115,6 +129,7 @@ class SampleDataset(Dataset):
             "region": None if region is None else torch.from_numpy(region).float(),
             "is_fake": float(record["label"] == "fake"),
             "artifact_mask": torch.from_numpy(resize_mask(decode_rle(record["artifact_mask"]), size)).float(),
+            "label_map": parsing_target(record["label_map"], size),
         }
 
     def weights(self) -> np.ndarray:
@@ -158,6 +173,7 @@ def collate(model: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
         batch["seg_masks"] = [r["masks"] for r in rows]
         batch["is_fake"] = torch.tensor([r["is_fake"] for r in rows])
         batch["artifact_masks"] = torch.stack([r["artifact_mask"] for r in rows])
+        batch["label_maps"] = torch.stack([r["label_map"] for r in rows])
         batch["tasks"] = [r["task"] for r in rows]
         return batch
     return collate_fn

@@ -2,7 +2,7 @@
 
 Writes under ``run_dir/model/``::
 
-    train_log.jsonl   one line per optimizer step: step, loss, ce, bce, dice, forgery, lr, task_ce, (val)
+    train_log.jsonl   one line per optimizer step: step, loss, ce, bce, dice, forgery, parsing, lr, task_ce, (val)
     step-<n>/         checkpoint: save_pretrained files + ``state/`` (accelerate: optimizer, scheduler, RNG)
                       + ``trainer_state.json`` (step, best score so far); the last ``keep_checkpoints`` kept
     best/             save_pretrained of the weights with the best validation score (Det acc + Loc mIoU)
@@ -237,7 +237,7 @@ def train(run_dir: str | os.PathLike, model: FiFaMLLM, config: TrainConfig | Non
     checkpoint = found[-1][1] if found else None
     progress = tqdm(total=stop, initial=start, desc="train", disable=not accelerator.is_local_main_process)
     for step in range(start + 1, stop + 1):
-        totals = dict.fromkeys(("loss", "ce", "bce", "dice", "forgery"), 0.0)
+        totals = dict.fromkeys(("loss", "ce", "bce", "dice", "forgery", "parsing"), 0.0)
         task_ce: dict[str, list[float]] = {}
         for micro in range(config.grad_accum):
             batch = next(batches)
