@@ -14,7 +14,8 @@ from fifa_lab.data.build import build_dataset
 from fifa_lab.model import FiFaMLLM
 from fifa_lab.train import TrainConfig, train
 from fifa_lab.train.recipe import ModelChoice, parse_task_ratios, prepare_model, read_log
-from fifa_lab.viz.answer import answer_overlay, grounded_html, grounded_segments, mask_colours, plain_text
+from fifa_lab.viz.answer import (answer_overlay, grounded_html, grounded_segments, mask_colours, plain_text,
+                                 plot_training)
 
 
 
@@ -108,3 +109,15 @@ def test_grounded_html_colours_match_the_overlay() -> None:
     masks[0, :4], masks[1, 4:] = True, True
     painted = answer_overlay(image, masks, hidden={1})
     assert painted[:4].any() and not painted[5:7, 1:7].any()
+
+
+def test_training_plot_draws_the_loss_terms_the_log_has() -> None:
+    old = [{"step": s, "loss": 2.0 / s, "ce": 1.0 / s, "bce": 0.5, "dice": 0.9, "forgery": 0.3,
+            "task_ce": {"Det": 1.0 / s}} for s in range(1, 5)]
+    new = [{**row, "parsing": 0.7} for row in old[:3]] + [{**old[3], "parsing": 0.6, "val": {"det_acc": 0.5,
+                                                                                             "loc_miou": 0.2}}]
+    labels = [t.get_text() for t in plot_training(old).axes[0].get_legend().get_texts()]
+    assert labels == ["loss", "ce", "bce", "dice", "forgery"]
+    figure = plot_training(new)
+    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()][-1] == "parsing"
+    assert figure.axes[2].get_lines()[0].get_ydata().tolist() == [0.5]

@@ -116,7 +116,8 @@ def plot_training(log: Sequence[dict[str, Any]]) -> Figure:
         kernel = np.ones(window) / window
         return np.convolve(values, kernel, mode="valid") if len(values) >= window else values
 
-    for key in ("loss", "ce", "bce", "dice", "forgery"):
+    # "parsing" only in logs written since the parsing head; older logs are still drawn
+    for key in [k for k in ("loss", "ce", "bce", "dice", "forgery", "parsing") if any(k in row for row in log)]:
         values = smooth([row.get(key, 0.0) for row in log])
         axes[0].plot(steps[len(steps) - len(values):], values, label=key)
     axes[0].set(title="training losses", xlabel="step", yscale="log")
