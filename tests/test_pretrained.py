@@ -61,7 +61,7 @@ def test_only_lora_new_rows_and_heads_train(hf_paths: tuple[Path, Path]) -> None
     lora = 2 * (8 * 32 + 32 * 8)
     new_rows = 5 * 32 * 2  # 5 FiFa tokens, rows of the (untied) input embedding and LM head
     heads = sum(p.numel() for part in (model.projector, model.region_encoder, model.mask_decoder,
-                                       model.forgery_head) for p in part.parameters())
+                                       model.forgery_head, model.parsing_head) for p in part.parameters())
     assert trainable == lora + new_rows + heads
     assert sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n) == lora
     lm_total = sum(p.numel() for p in model.lm.parameters())
