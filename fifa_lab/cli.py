@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="per process")
     train.add_argument("--grad-accum", type=int, default=1)
     train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--task-ratios", default="", metavar="'Det=2, RSeg=0'", help="task mixture (missing = 1)")
+    train.add_argument("--task-ratios", default="Det=2", metavar="'Det=2, RSeg=0'",
+                       help="task mixture (missing = 1; the default is fifa_lab.train.trainer.DEFAULT_TASK_RATIOS)")
     train.add_argument("--eval-every", type=int, default=defaults["eval_every"])
     train.add_argument("--eval-samples", type=int, default=defaults["eval_samples"])
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

@@ -1,13 +1,19 @@
 """Smoke run of notebooks/04_training.ipynb with papermill on the smoke profile."""
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from fifa_lab.data.build import build_dataset
 from fifa_lab.model import FiFaMLLM
-from fifa_lab.pipeline import PROFILES
+from fifa_lab.cli import build_parser
+from fifa_lab.pipeline import NOTEBOOK_DIR, PROFILES
+from fifa_lab.train import TrainConfig
+from fifa_lab.train.recipe import parse_task_ratios
+from fifa_lab.train.trainer import DEFAULT_TASK_RATIOS
 from notebook_runner import assert_stored_clean, run_smoke
 
 STEM = "04_training"
@@ -15,6 +21,16 @@ STEM = "04_training"
 
 def test_notebook_stored_clean() -> None:
     assert_stored_clean(STEM)
+
+
+def test_notebook_cli_and_trainer_share_the_default_task_mixture() -> None:
+    nb = nbformat.read(NOTEBOOK_DIR / f"{STEM}.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    defaults = {statement.targets[0].id: ast.literal_eval(statement.value)
+                for statement in ast.parse(cell.source).body if isinstance(statement, ast.Assign)}
+    cli = build_parser().parse_args(["train", "--run-dir", "somewhere"])
+    assert parse_task_ratios(defaults["task_ratios"]) == parse_task_ratios(cli.task_ratios) == DEFAULT_TASK_RATIOS
+    assert TrainConfig().task_ratios == DEFAULT_TASK_RATIOS and TrainConfig().task_ratios is not DEFAULT_TASK_RATIOS
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ from typing import Any
 from fifa_lab.data.build import build_dataset, data_paths, package_versions
 from fifa_lab.eval.runner import checkpoint_hash, predict, read_predictions, score
 from fifa_lab.io import atomic_path, write_json
-from fifa_lab.train.trainer import MODEL_DIR
+from fifa_lab.train.trainer import DEFAULT_TASK_RATIOS, MODEL_DIR
 
 ABLATION_DIR = "ablations"
 RESULT_FILE = "result.json"
@@ -46,7 +46,7 @@ COLUMNS = {"loc_miou": ("Loc", "miou"), "age_meteor": ("AGE", "meteor"), "age_ci
 @dataclass(frozen=True)
 class Ablation:
     """One arm: ``data`` overrides :func:`~fifa_lab.data.build.build_dataset` arguments, ``task_ratios``
-    the training mixture (0 switches a task off)."""
+    changes the training mixture on top of ``DEFAULT_TASK_RATIOS`` (0 switches a task off)."""
 
     name: str
     description: str
@@ -131,8 +131,11 @@ def run_ablation(run_dir: str | os.PathLike, arm: str | Ablation, budget: Ablati
         raise FileNotFoundError(f"{run_dir} has no dataset to score the ablation on; build it first "
                                 "(notebooks 02-03 or fifa_lab.data.build.build_dataset)")
     folder = run_dir / ABLATION_DIR / arm.name
+    # the main recipe's mixture with the arm's changes on top, so "full" trains as notebook 04 does
+    ratios = {**DEFAULT_TASK_RATIOS, **arm.task_ratios}
     settings = {"arm": dataclasses.asdict(arm), "budget": dataclasses.asdict(budget), "per_task": per_task,
-                "seed": seed, "max_new_tokens": max_new_tokens, "tasks": list(ABLATION_TASKS)}
+                "seed": seed, "max_new_tokens": max_new_tokens, "tasks": list(ABLATION_TASKS),
+                "task_ratios": ratios}
     settings = json.loads(json.dumps(settings))  # tuples and mappings as JSON reads them back
     result_path = folder / RESULT_FILE
     if result_path.exists():
@@ -149,7 +152,7 @@ def run_ablation(run_dir: str | os.PathLike, arm: str | Ablation, budget: Ablati
     model = prepare_model(folder, ModelChoice(seed=seed, config=budget.model_config))
     config = TrainConfig(steps=budget.steps, batch_size=budget.batch_size, lr=budget.lr,
                          warmup_steps=min(budget.warmup_steps, max(1, budget.steps // 10)),
-                         task_ratios=dict(arm.task_ratios), eval_every=budget.steps,
+                         task_ratios=ratios, eval_every=budget.steps,
                          checkpoint_every=max(1, budget.steps // 2), eval_samples=16, seed=seed)
     summary = train(folder, model, config)
     from fifa_lab.model import FiFaMLLM
