@@ -59,6 +59,25 @@ def test_forward_shapes_and_finite_losses(model: FiFaMLLM, batch: dict) -> None:
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
 
 
+def test_forgery_loss_is_detection_peak_and_artifact_terms(model: FiFaMLLM, batch: dict) -> None:
+    from fifa_lab.model.fifa_mllm import _mask_losses
+
+    is_fake = torch.tensor([0.0, 1.0])
+    artifact = torch.stack([torch.zeros(SIZE, SIZE), _square(20, 30, 20, 30)])
+    out = model(**batch, is_fake=is_fake, artifact_masks=artifact)
+    run = model._run(batch["images"], batch["input_ids"], batch["attention_mask"], regions=batch["regions"])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    # the peak term is what stops the map from keeping a hot spot on real faces
+    expected = bce(run.fake_logits, is_fake) + bce(run.evidence[:, 0], is_fake) \
+        + sum(_mask_losses(run.artifact_logits, artifact))
+    assert torch.isclose(out["forgery"], expected)
+    c = model.config
+    assert torch.isclose(out["loss"], c.ce_weight * out["ce"] + c.bce_weight * out["bce"] + c.dice_weight * out["dice"]
+                         + c.forgery_weight * out["forgery"])
+    with pytest.raises(ValueError, match="is_fake must be"):
+        model(**batch, is_fake=is_fake[:1], artifact_masks=artifact)
+
+
 def test_parsing_loss_reads_cell_centres_ignores_unknown_and_rejects_foreign_classes(model: FiFaMLLM,
                                                                                    batch: dict) -> None:
     head = model.parsing_head

@@ -78,6 +78,7 @@ class _LMRun:
     pixel: torch.Tensor  # (B, C, H/4, W/4) pixel embeddings, shared by the mask decoder and the forgery head
     fake_logits: torch.Tensor  # (B,) the forgery head's detection logits
     artifact_logits: torch.Tensor  # (B, H, W) the forgery head's artifact-mask logits
+    evidence: torch.Tensor  # (B, 3) the artifact map's peak, mean logit and covered share
 
 
 class FiFaMLLM(nn.Module):
@@ -214,7 +215,7 @@ class FiFaMLLM(nn.Module):
             labels = _splice(labels, at, torch.full_like(ids[:, :num], IGNORE_INDEX))
         output = self.lm(inputs_embeds=embeds, attention_mask=mask, labels=labels, **lm_kwargs)
         return _LMRun(output=output, input_ids=ids, attention_mask=mask, grid=grid, pixel=pixel,
-                      fake_logits=fake_logits, artifact_logits=artifact_logits)
+                      fake_logits=fake_logits, artifact_logits=artifact_logits, evidence=evidence)
 
     def _seg_hidden(self, run: _LMRun) -> list[torch.Tensor]:
         """Per row, the last-layer hidden states at its ``[SEG]`` tokens: ``(K_b, D)``."""
@@ -262,8 +263,13 @@ class FiFaMLLM(nn.Module):
                 raise ValueError(f"is_fake must be (B,) and artifact_masks (B, {size}, {size}); got "
                                  f"{tuple(is_fake.shape)} and {tuple(artifact_masks.shape)}")
             target = artifact_masks.to(run.artifact_logits.dtype)
-            forgery = F.binary_cross_entropy_with_logits(run.fake_logits, is_fake.to(run.fake_logits.dtype)) \
-                + sum(_mask_losses(run.artifact_logits, target))
+            label = is_fake.to(run.fake_logits.dtype)
+            # the map's peak must itself say real or fake (multiple-instance style): per-pixel BCE and Dice
+            # alone let the map keep a fixed hot spot where edits are common (the mouth) on real faces too,
+            # which left the peak useless as evidence and hid small edits elsewhere
+            peak = run.evidence[:, 0]
+            forgery = F.binary_cross_entropy_with_logits(run.fake_logits, label) \
+                + F.binary_cross_entropy_with_logits(peak, label) + sum(_mask_losses(run.artifact_logits, target))
         if self.parsing_head is not None and label_maps is not None:
             if tuple(label_maps.shape) != (images.shape[0], size, size):
                 raise ValueError(f"label_maps must be (B, {size}, {size}); got {tuple(label_maps.shape)}")
