@@ -118,4 +118,9 @@ class FiFaConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> FiFaConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """A config written by :meth:`save`; one from before the parsing head (no ``parsing_weight``)
+        loads without the head, as its checkpoint has no weights for one."""
+        data = json.loads(Path(path).read_text())
+        if isinstance(data, dict):
+            data.setdefault("parsing_weight", 0.0)
+        return cls.from_dict(data)

@@ -417,10 +417,7 @@ class FiFaMLLM(nn.Module):
         if missing:
             raise FileNotFoundError(f"{directory} is not a FiFa-MLLM checkpoint: missing {', '.join(missing)}; "
                                     "pass a folder written by FiFaMLLM.save_pretrained (e.g. runs/<name>/model/best)")
-        stored = json.loads((directory / CONFIG_FILE).read_text())
-        # checkpoints from before the parsing head have no such weights: load them without one
-        stored.setdefault("parsing_weight", 0.0)
-        config = FiFaConfig.from_dict(stored)
+        config = FiFaConfig.load(directory / CONFIG_FILE)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory / TOKENIZER_DIR))
         if (directory / ARCHITECTURE_FILE).exists():
             from fifa_lab.model.pretrained import modules_from_architecture  # lazy: pretrained imports this module

@@ -11,8 +11,8 @@ features the LM reads and the ``[SEG]`` queries point at are trained on every sa
 Detection reads the artifact map rather than the globally pooled grid because a manipulation is often
 local (a recoloured lip): pooling over the whole face dilutes it, the map's peak does not. For the peak
 to be evidence it is trained to be: the loss also asks the peak alone to say real or fake, since
-per-pixel BCE and Dice let the map keep a fixed hot spot where edits are common (the mouth) on every
-face, real ones included. With
+per-pixel BCE and Dice let the map keep a fixed hot spot where edits are common (the mouth) on real
+faces too. With
 ``FiFaConfig.forensic_token`` the evidence also becomes one more token after the image patches, so the
 LM can answer "fake" and ask for a mask from what the densely supervised head found (as M2F2-Det hands
 its detector's output to its LLM).

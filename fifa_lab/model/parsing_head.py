@@ -3,10 +3,11 @@
 RSeg ("segment the right eyebrow") and every grounded AGE phrase ask a ``[SEG]`` query to pick out one
 named concept. The query can only select what the pixel embeddings separate, and without help they learn
 concepts from the few samples whose target mask happens to be that concept (about ten per concept in the
-default run): the default model then found no concept at all (RSeg mIoU 0.0, best-threshold IoU 0.04).
-Every training image already carries its FICT label map, so this head classifies each pixel embedding into
-its leaf concept (face parsing, as the FICT is built from), on every sample whatever its task. A query then
-only has to point along a direction the embeddings already have. Weighted by
+default run): the default model then found no concept at all (RSeg mIoU 0.0). Every training image already
+carries its FICT label map, so this head classifies each pixel embedding into its leaf concept (face
+parsing, as the FICT is built from), on every sample whatever its task, so that a query only has to point
+along a direction the embeddings already have. Measured in the default run: AGE mask mIoU 0.009 -> 0.034
+and Loc 0.735 -> 0.761, but RSeg queries still decode to empty masks (0.0). Weighted by
 ``FiFaConfig.parsing_weight`` (0 = no head, no loss).
 """
 from __future__ import annotations

@@ -61,10 +61,10 @@ def parsing_target(label_map: Any, size: int) -> torch.Tensor:
     ``IGNORE_LABEL`` everywhere when the image has no label map (``None``)."""
     if label_map is None:
         return torch.full((size, size), IGNORE_LABEL, dtype=torch.long)
-    labels = decode_label_map(label_map).astype(np.int64) + 1
+    labels = decode_label_map(label_map).astype(np.int32) + 1  # int32: what cv2.resize takes
     if labels.shape != (size, size):
-        labels = cv2.resize(labels.astype(np.int32), (size, size), interpolation=cv2.INTER_NEAREST)
-    return torch.from_numpy(labels.astype(np.int64))
+        labels = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
+    return torch.from_numpy(labels).long()
 
 
 def task_weights(tasks: Sequence[str], ratios: Mapping[str, float]) -> np.ndarray:
