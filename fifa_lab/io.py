@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -36,18 +37,31 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON atomically; returns the path."""
+    """Write ``data`` as indented JSON atomically; returns the path.
+
+    Undefined numbers (NaN, infinities: an AUC over one class, a metric with nothing to score) are written
+    as ``null``, since strict JSON readers (browsers, ``jq``, other languages) reject ``NaN``.
+    """
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+        tmp.write_text(json.dumps(_plain(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
     return Path(path)
 
 
-def _jsonable(value: Any) -> Any:
-    """numpy scalars and arrays, paths and sets become plain JSON values."""
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON values: numpy scalars and arrays, paths, tuples and sets converted, non-finite
+    floats as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
     if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, (Path, set, frozenset, tuple)):
-        return str(value) if isinstance(value, Path) else list(value)
+        return _plain(value.tolist())
+    if value is None or isinstance(value, (str, int)):
+        return value
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 

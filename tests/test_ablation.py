@@ -63,7 +63,7 @@ def test_a_rerun_reads_finished_arms_back_and_a_new_budget_retrains(main_run, ta
 
     monkeypatch.setattr("fifa_lab.train.train", no_training)
     again = run_ablations(main_run, budget=BUDGET, per_task=2, max_new_tokens=8)
-    assert json.dumps(again["rows"], sort_keys=True) == json.dumps(table["rows"], sort_keys=True)  # NaN-safe
+    assert again["rows"] == table["rows"]  # what is returned is what is stored: undefined metrics are None
     monkeypatch.undo()
     longer = AblationBudget(n_faces=4, steps=3, batch_size=2, model_config=TINY)
     row = run_ablation(main_run, "no_aux", longer, per_task=2, max_new_tokens=8)

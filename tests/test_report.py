@@ -72,7 +72,7 @@ def run(tmp_path: Path) -> PipelineResult:
                         "AGE METEOR": {"value": 0.40, "bar": 0.35, "judged": True},
                         "AGE mIoU": {"value": None, "bar": 0.45, "judged": True},
                         HOSTILE: {"value": 1.2, "bar": 0.9, "judged": False}}}
-    (run_dir / METRICS_FILE).write_text(json.dumps(metrics))  # json writes NaN as NaN, as write_json does
+    (run_dir / METRICS_FILE).write_text(json.dumps(metrics))  # files from before write_json wrote null hold NaN
     return PipelineResult(run_dir=run_dir, profile="smoke", notebooks=notebooks,
                           results={s: run_dir / f"{s}.json" for s in notebooks},
                           durations={first: 1.5}, skipped=[second], missing=["06_later"])

@@ -21,6 +21,7 @@ from fifa_lab.eval.runner import (
     score,
     select_samples,
 )
+from fifa_lab.io import write_json
 from conftest import HF_SIZE as SIZE
 from conftest import TINY_CONFIG as TINY
 from fifa_lab.model import build_tiny
@@ -105,9 +106,8 @@ def test_benchmark_writes_predictions_and_metrics(run_dir: Path, tmp_path: Path)
             assert sum(line["choice_probs"].values()) == pytest.approx(1.0, abs=1e-4)
     assert set(metrics) - {"meta"} <= {line["task"] for line in lines}
     # the same file scored again gives the same numbers: predictions fully determine the metrics
-    again = score(lines, run, "test", SIZE)
-    assert json.dumps(again, sort_keys=True, default=str) == json.dumps(
-        {k: v for k, v in written.items() if k != "meta"}, sort_keys=True, default=str)
+    again = json.loads(write_json(tmp_path / "again.json", score(lines, run, "test", SIZE)).read_text())
+    assert again == {k: v for k, v in written.items() if k != "meta"}
     # and predicting again writes the same answers (greedy decoding, seeded selection)
     second = predict(model, run, "test", per_task=2, max_new_tokens=6, out=tmp_path / "again.jsonl")
     assert read_predictions(second) == lines

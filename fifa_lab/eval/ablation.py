@@ -170,7 +170,7 @@ def run_ablation(run_dir: str | os.PathLike, arm: str | Ablation, budget: Ablati
               "settings": settings, "split": "test", "checkpoint": str(checkpoint),
               "checkpoint_sha256": checkpoint_hash(checkpoint), "packages": package_versions()}
     write_json(result_path, result)
-    return result
+    return json.loads(result_path.read_text())  # as stored (undefined metrics None), so a rerun returns the same
 
 
 def run_ablations(run_dir: str | os.PathLike, arms: Sequence[str] | None = None,
