@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -128,6 +129,27 @@ def test_ground_gives_one_mask_per_seg(model: FiFaMLLM) -> None:
     generated = model.generate(image, PROMPTS[0], max_new_tokens=8)
     assert generated.text.count(SEG_TOKEN) == len(generated.masks)
     assert IMAGE_TOKEN not in generated.text and REGION_TOKEN not in generated.text
+
+
+def test_cached_greedy_decoding_matches_decoding_without_a_cache(model: FiFaMLLM, batch: dict) -> None:
+    image = (batch["images"][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")  # the KV cache under its current name
+        generated = model.generate(image, PROMPTS[0], max_new_tokens=12)
+    images = model._image_tensor(image)
+    ids = model.encode([PROMPTS[0]])["input_ids"][0].tolist()
+    banned = [model.token_ids[t] for t in (IMAGE_TOKEN, REGION_TOKEN, model.config.pad_token, model.config.bos_token)]
+    answer: list[int] = []
+    with torch.no_grad():
+        for _ in range(12):
+            tokens = torch.tensor([ids + answer])
+            logits = model._run(images, tokens, torch.ones_like(tokens)).output.logits[0, -1]
+            logits[banned] = float("-inf")
+            token = int(logits.argmax())
+            if token == model.token_ids[model.config.eos_token]:
+                break
+            answer.append(token)
+    assert model.ground(image, PROMPTS[0], answer).text == generated.text
 
 
 def test_overfit_two_samples_lowers_loss(batch: dict) -> None:

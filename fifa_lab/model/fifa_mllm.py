@@ -340,7 +340,10 @@ class FiFaMLLM(nn.Module):
                 break
             answer.append(token)
             next_embed = embed(torch.tensor([[token]], device=images.device))
-            output = self.lm(inputs_embeds=next_embed, past_key_values=output.past_key_values, use_cache=True)
+            # transformers 5 calls the KV cache `cache` (`past_key_values` is deprecated there), 4 only knows the old name
+            cache = {"cache": output["cache"]} if "cache" in output.keys() else {
+                "past_key_values": output["past_key_values"]}
+            output = self.lm(inputs_embeds=next_embed, use_cache=True, **cache)
         return self.ground(image, prompt, answer, region)
 
     @torch.no_grad()
