@@ -152,6 +152,24 @@ def test_cached_greedy_decoding_matches_decoding_without_a_cache(model: FiFaMLLM
     assert model.ground(image, PROMPTS[0], answer).text == generated.text
 
 
+def test_batched_generation_answers_as_one_at_a_time(model: FiFaMLLM) -> None:
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(4)]
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[8:24, 16:40] = True
+    # prompts of three lengths, so rows are left-padded by different amounts; regions on two rows only
+    prompts = [PROMPTS[0], PROMPTS[1], "<image> Is this face real or fake?", PROMPTS[1]]
+    regions = [None, mask, None, (30, 30, 60, 50)]
+    batched = model.generate_batch(images, prompts, regions, max_new_tokens=10)
+    for image, prompt, region, answer in zip(images, prompts, regions, batched):
+        alone = model.generate(image, prompt, region=region, max_new_tokens=10)
+        assert answer.text == alone.text and answer.phrases == alone.phrases
+        assert np.array_equal(answer.masks, alone.masks)
+    assert model.generate_batch([], []) == []
+    with pytest.raises(ValueError, match="one of each per answer"):
+        model.generate_batch(images[:2], prompts[:1])
+
+
 def test_overfit_two_samples_lowers_loss(batch: dict) -> None:
     torch.manual_seed(0)
     model = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY).train()
@@ -172,6 +190,15 @@ def test_overfit_two_samples_lowers_loss(batch: dict) -> None:
     response = model.generate(image, PROMPTS[0], max_new_tokens=24)
     # 30 steps need not reproduce the target exactly, but masks always follow the [SEG] tokens
     assert response.text.count(SEG_TOKEN) == len(response.masks)
+    # the trained rows end with </s> after different numbers of tokens: batched, each row stops on its own
+    images = [(im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for im in batch["images"]]
+    regions = [None, batch["regions"][1].numpy().astype(bool)]
+    answers = model.generate_batch(images, PROMPTS, regions, max_new_tokens=24)
+    alone = [model.generate(im, prompt, region=region, max_new_tokens=24)
+             for im, prompt, region in zip(images, PROMPTS, regions)]
+    assert [a.text for a in answers] == [a.text for a in alone]
+    lengths = [len(model._tokenize(a.text)) for a in alone]
+    assert max(lengths) < 24 and lengths[0] != lengths[1], lengths
 
 
 def test_save_load_round_trip(model: FiFaMLLM, batch: dict, tmp_path) -> None:

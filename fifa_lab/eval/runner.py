@@ -1,6 +1,6 @@
 """The benchmark runner: a checkpoint (or another model's answers) over one split, for all FiFa-11 tasks.
 
-:func:`predict` answers every selected sample with :meth:`FiFaMLLM.generate` and writes one JSON line per
+:func:`predict` answers every selected sample with :meth:`FiFaMLLM.generate_batch` and writes one JSON line per
 sample (``predictions/<split>.jsonl``: sample and image ids, task, prompt, reference, answer, masks as
 COCO RLE and, for the closed questions, the probability of each choice). :func:`score` reads such a
 file (ours, or another model's in the same format) against the split's references and returns
@@ -98,15 +98,20 @@ def parse_boxes(text: str) -> list[list[float]]:
 
 def predict(model: Any, run_dir: str | os.PathLike, split: str = "test", per_task: int | None = None,
             seed: int = 0, max_new_tokens: int = 256, out: str | os.PathLike | None = None,
-            tasks: Sequence[str] | None = None, perturb: Sequence[Mapping[str, Any]] | None = None) -> Path:
+            tasks: Sequence[str] | None = None, perturb: Sequence[Mapping[str, Any]] | None = None,
+            batch_size: int = 8) -> Path:
     """Answer the selected samples of ``split`` and write them as JSONL (default ``predictions/<split>.jsonl``).
 
     Closed questions (Det, R-Det, Cls) also record ``choice_probs``, the model's probability of each
     answer word, which gives Det its AUC. Masks are at the model's image size, as COCO RLE.
     ``tasks`` keeps only those task ids; ``perturb`` is a post-processing chain
     (:mod:`fifa_lab.forge.post`, e.g. ``[{"op": "jpeg", "quality": 50}]``) applied to every image before the
-    model sees it, for robustness curves (the references stay as they are).
+    model sees it, for robustness curves (the references stay as they are). Samples of one task are
+    answered ``batch_size`` at a time (:meth:`FiFaMLLM.generate_batch`: same-task answers have similar
+    lengths, so few rows wait for a long one); lines keep the selection's order.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     chain = check_chain(perturb or [])
     data = load_datasets(run_dir)
     dataset = SampleDataset(data.samples[split], data.images[split], model.config.image_size)
@@ -120,21 +125,36 @@ def predict(model: Any, run_dir: str | os.PathLike, split: str = "test", per_tas
             if tasks is None or dataset.tasks[row] in tasks]
     out = Path(out) if out is not None else Path(run_dir) / PREDICTIONS_DIR / f"{split}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
+    lines: dict[int, dict[str, Any]] = {}
+    chunks = [chunk for task in dict.fromkeys(dataset.tasks[row] for row in rows)
+              for chunk in _chunks([row for row in rows if dataset.tasks[row] == task], batch_size)]
+    with tqdm(total=len(rows), desc=f"predict {split}") as progress:
+        for chunk in chunks:
+            images, regions = [], []
+            for index in chunk:
+                region = dataset[index]["region"]
+                regions.append(None if region is None else region.numpy().astype(bool))
+                images.append(apply_post(dataset.image(index), chain) if chain else dataset.image(index))
+            prompts = [dataset.samples[index]["prompt"] for index in chunk]
+            answers = model.generate_batch(images, prompts, regions, max_new_tokens=max_new_tokens)
+            for index, image, region, answer in zip(chunk, images, regions, answers):
+                sample = dataset.samples[index]
+                line = {"sample_id": sample["sample_id"], "image_id": sample["image_id"], "task": sample["task"],
+                        "answer": answer.text, "masks": [encode_rle(m) for m in answer.masks]}
+                if sample["task"] in CLOSED_CHOICES:
+                    choices = CLOSED_CHOICES[sample["task"]]
+                    probs = model.choice_probs(image, sample["prompt"], choices, region=region)
+                    line["choice_probs"] = dict(zip(choices, (round(float(p), 6) for p in probs)))
+                lines[index] = line
+            progress.update(len(chunk))
     with atomic_path(out) as tmp, open(tmp, "w") as handle:
-        for index in tqdm(rows, desc=f"predict {split}"):
-            sample = dataset.samples[index]
-            region = dataset[index]["region"]
-            region = None if region is None else region.numpy().astype(bool)
-            image = apply_post(dataset.image(index), chain) if chain else dataset.image(index)
-            answer = model.generate(image, sample["prompt"], region=region, max_new_tokens=max_new_tokens)
-            line = {"sample_id": sample["sample_id"], "image_id": sample["image_id"], "task": sample["task"],
-                    "answer": answer.text, "masks": [encode_rle(m) for m in answer.masks]}
-            if sample["task"] in CLOSED_CHOICES:
-                choices = CLOSED_CHOICES[sample["task"]]
-                probs = model.choice_probs(image, sample["prompt"], choices, region=region)
-                line["choice_probs"] = dict(zip(choices, (round(float(p), 6) for p in probs)))
-            handle.write(json.dumps(line) + "\n")
+        for index in rows:
+            handle.write(json.dumps(lines[index]) + "\n")
     return out
+
+
+def _chunks(items: Sequence[int], size: int) -> list[list[int]]:
+    return [list(items[start:start + size]) for start in range(0, len(items), size)]
 
 
 def read_predictions(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -213,6 +213,8 @@ class FiFaMLLM(nn.Module):
         ids = _splice(input_ids, at, image_ids.expand(batch, num))
         if labels is not None:
             labels = _splice(labels, at, torch.full_like(ids[:, :num], IGNORE_INDEX))
+        if not bool(mask[:, 0].all()):  # left padding (batched generation): positions count real tokens only
+            lm_kwargs.setdefault("position_ids", (mask.cumsum(1) - 1).clamp(min=0))
         output = self.lm(inputs_embeds=embeds, attention_mask=mask, labels=labels, **lm_kwargs)
         return _LMRun(output=output, input_ids=ids, attention_mask=mask, grid=grid, pixel=pixel,
                       fake_logits=fake_logits, artifact_logits=artifact_logits, evidence=evidence)
@@ -321,30 +323,72 @@ class FiFaMLLM(nn.Module):
 
         Decodes token by token with the LM's KV cache, then :meth:`ground` turns each ``[SEG]`` into a mask.
         """
-        images = self._image_tensor(image)
-        regions = self._region_tensor(region, prompt)
-        batch = {k: v.to(images.device) for k, v in self.encode([prompt]).items()}
-        run = self._run(images, batch["input_ids"], batch["attention_mask"], regions=regions, use_cache=True)
-        output, answer = run.output, []
+        return self.generate_batch([image], [prompt], [region], max_new_tokens=max_new_tokens,
+                                   do_sample=do_sample, temperature=temperature)[0]
+
+    @torch.no_grad()
+    def generate_batch(self, images: Sequence[np.ndarray], prompts: Sequence[str],
+                       regions: Sequence[Any] | None = None, max_new_tokens: int = 64, do_sample: bool = False,
+                       temperature: float = 1.0) -> list[Response]:
+        """:meth:`generate` for several ``(image, prompt, region)`` at once, decoded together.
+
+        Prompts are left-padded (positions count real tokens only), so every row's next token is the last
+        column; each row stops at its own ``</s>``. Greedy answers equal one-at-a-time :meth:`generate` up
+        to float rounding; the decoding steps run batched, the grounding pass per answer.
+        """
+        if len(images) != len(prompts) or (regions is not None and len(regions) != len(prompts)):
+            raise ValueError(f"{len(images)} images, {len(prompts)} prompts and "
+                             f"{'no' if regions is None else len(regions)} regions: give one of each per answer")
+        if not prompts:
+            return []
+        regions = [None] * len(prompts) if regions is None else list(regions)
+        pixels, region_batch = self._batch_tensors(images, prompts, regions)
+        rows = [self.encode([prompt])["input_ids"][0].tolist() for prompt in prompts]
+        width, pad = max(len(row) for row in rows), self.token_ids[self.config.pad_token]
+        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], device=pixels.device)
+        attention = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=pixels.device)
+        run = self._run(pixels, input_ids, attention, regions=region_batch, use_cache=True)
+        output, attention = run.output, run.attention_mask
+        positions = attention.sum(1, keepdim=True)  # (B, 1): the next token's position in each row
         embed = self.lm.get_input_embeddings()
+        eos = self.token_ids[self.config.eos_token]
         # input-only tokens must never be emitted: an answer cannot carry a new image or region
         banned = [self.token_ids[t] for t in (IMAGE_TOKEN, REGION_TOKEN, self.config.pad_token, self.config.bos_token)]
-        for _ in range(max_new_tokens):
-            logits = output.logits[0, -1].clone()
-            logits[banned] = float("-inf")
+        answers: list[list[int]] = [[] for _ in prompts]
+        done = torch.zeros(len(prompts), dtype=torch.bool, device=pixels.device)
+        for step in range(max_new_tokens):
+            logits = output.logits[:, -1].float().clone()
+            logits[:, banned] = float("-inf")
             if do_sample:
-                token = int(torch.multinomial(F.softmax(logits / temperature, -1), 1))
+                tokens = torch.multinomial(F.softmax(logits / temperature, -1), 1)[:, 0]
             else:
-                token = int(logits.argmax())
-            if token == self.token_ids[self.config.eos_token]:
+                tokens = logits.argmax(-1)
+            tokens = torch.where(done, torch.full_like(tokens, eos), tokens)
+            for row, token in enumerate(tokens.tolist()):
+                if not done[row] and token != eos:
+                    answers[row].append(token)
+            done |= tokens == eos
+            if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            answer.append(token)
-            next_embed = embed(torch.tensor([[token]], device=images.device))
+            attention = torch.cat([attention, attention.new_ones(len(prompts), 1)], 1)
             # transformers 5 calls the KV cache `cache` (`past_key_values` is deprecated there), 4 only knows the old name
             cache = {"cache": output["cache"]} if "cache" in output.keys() else {
                 "past_key_values": output["past_key_values"]}
-            output = self.lm(inputs_embeds=next_embed, use_cache=True, **cache)
-        return self.ground(image, prompt, answer, region)
+            output = self.lm(inputs_embeds=embed(tokens[:, None]), attention_mask=attention, position_ids=positions,
+                             use_cache=True, **cache)
+            positions = positions + 1
+        return self._ground_batch(images, prompts, answers, regions)
+
+    def _batch_tensors(self, images: Sequence[np.ndarray], prompts: Sequence[str],
+                       regions: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Checked images ``(B, 3, H, W)`` and regions ``(B, H, W)`` (zeros on rows without one; None when
+        no row has one)."""
+        pixels = torch.cat([self._image_tensor(image) for image in images])
+        region_rows = [self._region_tensor(region, prompt) for region, prompt in zip(regions, prompts)]
+        if all(row is None for row in region_rows):
+            return pixels, None
+        blank = pixels.new_zeros(1, *pixels.shape[2:])
+        return pixels, torch.cat([blank if row is None else row for row in region_rows])
 
     @torch.no_grad()
     def choice_probs(self, image: np.ndarray, prompt: str, choices: Sequence[str], region: Any = None) -> np.ndarray:
@@ -372,26 +416,39 @@ class FiFaMLLM(nn.Module):
         One pass over ``prompt + answer`` gives the hidden state at each ``[SEG]`` of the answer; each
         becomes a mask (logit > 0). ``masks`` has exactly one entry per ``[SEG]``.
         """
-        images = self._image_tensor(image)
-        regions = self._region_tensor(region, prompt)
-        answer_ids = self._tokenize(answer) if isinstance(answer, str) else [int(t) for t in answer]
+        return self._ground_batch([image], [prompt], [answer], [region])[0]
+
+    def _ground_batch(self, images: Sequence[np.ndarray], prompts: Sequence[str],
+                      answers: Sequence[str | Sequence[int]], regions: Sequence[Any]) -> list[Response]:
+        """:meth:`ground` for several answers in one right-padded pass (padding after a row's last token
+        changes none of its hidden states)."""
+        pixels, region_batch = self._batch_tensors(images, prompts, regions)
         skip = {self.token_ids[t] for t in (self.config.pad_token, self.config.bos_token, self.config.eos_token)}
-        answer_ids = [t for t in answer_ids if t not in skip]
-        if {self.token_ids[IMAGE_TOKEN], self.token_ids[REGION_TOKEN]} & set(answer_ids):
-            raise ValueError(f"an answer cannot contain {IMAGE_TOKEN} or {REGION_TOKEN}")
-        prompt_ids = self.encode([prompt])["input_ids"][0].tolist()
-        input_ids = torch.tensor([prompt_ids + answer_ids], device=images.device)
-        run = self._run(images, input_ids, torch.ones_like(input_ids), regions=regions, output_hidden_states=True)
-        hidden = self._seg_hidden(run)[0]
-        # only the answer's [SEG] tokens own masks; a [SEG] typed into the prompt does not
-        hidden = hidden[hidden.shape[0] - answer_ids.count(self.token_ids[SEG_TOKEN]):]
+        seg = self.token_ids[SEG_TOKEN]
+        answer_rows, rows = [], []
+        for prompt, answer in zip(prompts, answers):
+            ids = self._tokenize(answer) if isinstance(answer, str) else [int(t) for t in answer]
+            ids = [t for t in ids if t not in skip]
+            if {self.token_ids[IMAGE_TOKEN], self.token_ids[REGION_TOKEN]} & set(ids):
+                raise ValueError(f"an answer cannot contain {IMAGE_TOKEN} or {REGION_TOKEN}")
+            answer_rows.append(ids)
+            rows.append(self.encode([prompt])["input_ids"][0].tolist() + ids)
+        width, pad = max(len(row) for row in rows), self.token_ids[self.config.pad_token]
+        input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=pixels.device)
+        attention = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=pixels.device)
+        run = self._run(pixels, input_ids, attention, regions=region_batch, output_hidden_states=True)
         size = self.config.image_size
-        if hidden.shape[0]:
-            masks = (self.mask_decoder(hidden, run.pixel[0]) > 0).cpu().numpy()
-        else:
-            masks = np.zeros((0, size, size), dtype=bool)
-        text = self.tokenizer.decode(answer_ids, skip_special_tokens=False)
-        return Response(text=text, phrases=parse_phrases(text), masks=masks)
+        responses = []
+        for b, (hidden, ids) in enumerate(zip(self._seg_hidden(run), answer_rows)):
+            # only the answer's [SEG] tokens own masks; a [SEG] typed into the prompt does not
+            hidden = hidden[hidden.shape[0] - ids.count(seg):]
+            if hidden.shape[0]:
+                masks = (self.mask_decoder(hidden, run.pixel[b]) > 0).cpu().numpy()
+            else:
+                masks = np.zeros((0, size, size), dtype=bool)
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+            responses.append(Response(text=text, phrases=parse_phrases(text), masks=masks))
+        return responses
 
     # --- persistence and inspection -----------------------------------------------------------------
 
