@@ -145,14 +145,10 @@ class FiFaMLLM(nn.Module):
                 raise ValueError(f"sample {i} has {len(ids)} tokens, more than max_length={self.config.max_length}")
             rows.append(ids)
             label_rows.append(labels)
-        length = max(len(row) for row in rows)
-        pad = self.token_ids[self.config.pad_token]
-        batch = {
-            "input_ids": torch.tensor([row + [pad] * (length - len(row)) for row in rows]),
-            "attention_mask": torch.tensor([[1] * len(row) + [0] * (length - len(row)) for row in rows]),
-        }
+        input_ids, attention_mask = _pad_rows(rows, self.token_ids[self.config.pad_token])
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         if targets is not None:
-            batch["labels"] = torch.tensor([row + [IGNORE_INDEX] * (length - len(row)) for row in label_rows])
+            batch["labels"] = _pad_rows(label_rows, IGNORE_INDEX)[0]
         return batch
 
     def _tokenize(self, text: str) -> list[int]:
@@ -334,7 +330,7 @@ class FiFaMLLM(nn.Module):
 
         Prompts are left-padded (positions count real tokens only), so every row's next token is the last
         column; each row stops at its own ``</s>``. Greedy answers equal one-at-a-time :meth:`generate` up
-        to float rounding; the decoding steps run batched, the grounding pass per answer.
+        to float rounding. Decoding and the grounding pass (:meth:`ground`) both run batched.
         """
         if len(images) != len(prompts) or (regions is not None and len(regions) != len(prompts)):
             raise ValueError(f"{len(images)} images, {len(prompts)} prompts and "
@@ -344,10 +340,9 @@ class FiFaMLLM(nn.Module):
         regions = [None] * len(prompts) if regions is None else list(regions)
         pixels, region_batch = self._batch_tensors(images, prompts, regions)
         rows = [self.encode([prompt])["input_ids"][0].tolist() for prompt in prompts]
-        width, pad = max(len(row) for row in rows), self.token_ids[self.config.pad_token]
-        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], device=pixels.device)
-        attention = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=pixels.device)
-        run = self._run(pixels, input_ids, attention, regions=region_batch, use_cache=True)
+        input_ids, attention = _pad_rows(rows, self.token_ids[self.config.pad_token], left=True)
+        run = self._run(pixels, input_ids.to(pixels.device), attention.to(pixels.device), regions=region_batch,
+                        use_cache=True)
         output, attention = run.output, run.attention_mask
         positions = attention.sum(1, keepdim=True)  # (B, 1): the next token's position in each row
         embed = self.lm.get_input_embeddings()
@@ -363,10 +358,9 @@ class FiFaMLLM(nn.Module):
                 tokens = torch.multinomial(F.softmax(logits / temperature, -1), 1)[:, 0]
             else:
                 tokens = logits.argmax(-1)
-            tokens = torch.where(done, torch.full_like(tokens, eos), tokens)
-            for row, token in enumerate(tokens.tolist()):
-                if not done[row] and token != eos:
-                    answers[row].append(token)
+            for answer, token, finished in zip(answers, tokens.tolist(), done.tolist()):
+                if not finished and token != eos:
+                    answer.append(token)
             done |= tokens == eos
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
@@ -433,10 +427,9 @@ class FiFaMLLM(nn.Module):
                 raise ValueError(f"an answer cannot contain {IMAGE_TOKEN} or {REGION_TOKEN}")
             answer_rows.append(ids)
             rows.append(self.encode([prompt])["input_ids"][0].tolist() + ids)
-        width, pad = max(len(row) for row in rows), self.token_ids[self.config.pad_token]
-        input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=pixels.device)
-        attention = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=pixels.device)
-        run = self._run(pixels, input_ids, attention, regions=region_batch, output_hidden_states=True)
+        input_ids, attention = _pad_rows(rows, self.token_ids[self.config.pad_token])
+        run = self._run(pixels, input_ids.to(pixels.device), attention.to(pixels.device), regions=region_batch,
+                        output_hidden_states=True)
         size = self.config.image_size
         responses = []
         for b, (hidden, ids) in enumerate(zip(self._seg_hidden(run), answer_rows)):
@@ -496,6 +489,18 @@ class FiFaMLLM(nn.Module):
                   if getattr(self, name) is not None}
         counts["total"] = sum(p.numel() for p in self.parameters())
         return counts
+
+
+def _pad_rows(rows: Sequence[Sequence[int]], pad: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows padded to the longest with ``pad`` (on the right, or on the ``left`` for decoding):
+    ``(B, T)`` ids and the ``(B, T)`` attention mask (0 on padding)."""
+    width = max(len(row) for row in rows)
+    ids, mask = [], []
+    for row in rows:
+        fill = width - len(row)
+        ids.append([pad] * fill + list(row) if left else list(row) + [pad] * fill)
+        mask.append([0] * fill + [1] * len(row) if left else [1] * len(row) + [0] * fill)
+    return torch.tensor(ids), torch.tensor(mask)
 
 
 def _splice(rows: torch.Tensor, at: Sequence[int], insert: torch.Tensor) -> torch.Tensor:
