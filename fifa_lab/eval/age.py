@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -50,7 +49,8 @@ from fifa_lab.eval.metrics import (
     text_metrics,
     to_mask,
 )
-from fifa_lab.fict.tree import Concept, ConceptTree
+from fifa_lab.fict.names import resolve_phrase
+from fifa_lab.fict.tree import ConceptTree
 
 IOU_THRESHOLD = 0.5  # a true phrase's mask is recovered from this IoU on
 TEXT_THRESHOLD = 0.5  # ... and when the phrases' embedding cosine similarity reaches this (GLaMM's value)
@@ -265,58 +265,6 @@ def age_metrics(pred_texts: Sequence[str], true_texts: Sequence[str], pred_masks
 
 
 # --- grounding consistency -----------------------------------------------------------------------------
-
-# Words dropped before matching a phrase to a concept name: leading determiners and a trailing region word.
-LEADING_WORDS = frozenset({"the", "a", "an", "this", "that", "these", "those", "his", "her", "its", "their",
-                           "subjects", "persons"})
-TRAILING_WORDS = frozenset({"region", "regions", "area", "areas", "part", "zone"})
-_SPELLING = {"center": "centre"}
-
-
-def _words(text: str) -> list[str]:
-    """Lower-case words: apostrophes removed (``cupid's`` -> ``cupids``), other punctuation and hyphens split."""
-    text = text.lower().replace("\u2019", "'").replace("'", "")
-    return [_SPELLING.get(w, w) for w in re.split(r"[^a-z0-9]+", text) if w]
-
-
-@functools.lru_cache(maxsize=8)
-def _concept_keys(tree: ConceptTree) -> dict[str, str]:
-    """Normalised alias -> concept id: each concept's readable name, its id as words, and the id with a
-    trailing side word moved to the front (``nose_ala_left`` -> ``left nose ala``). The root is left out."""
-    keys: dict[str, str] = {}
-    for concept in tree:
-        if concept.id == tree.root:
-            continue
-        id_words = _words(concept.id.replace("_", " "))
-        aliases = [_words(concept.name), id_words]
-        sided = [w for w in id_words if w not in ("left", "right")]
-        if len(sided) < len(id_words):
-            aliases.append([w for w in id_words if w in ("left", "right")] + sided)
-        for alias in aliases:
-            keys.setdefault(" ".join(alias), concept.id)
-    return keys
-
-
-def resolve_phrase(phrase: str, tree: ConceptTree | None = None) -> Concept | None:
-    """The FICT concept a grounded phrase names, or None.
-
-    The phrase is lower-cased, punctuation and apostrophes dropped, ``center`` read as ``centre``, and
-    leading determiners (``the``, ``a``, ``his`` ...) removed; it then has to equal a concept's readable
-    name (as :mod:`fifa_lab.annotate.explain` writes them: "the right brow ridge", "the eyes"), its id
-    as words, or that id with its side word first. A trailing ``region``/``area``/``part``/``zone`` is
-    dropped when that gives a match ("the left cheek area"). The root (the whole image) is never named.
-    """
-    from fifa_lab.fict import load_tree
-
-    tree = tree or load_tree()
-    keys = _concept_keys(tree)
-    words = _words(phrase)
-    while words and words[0] in LEADING_WORDS:
-        words = words[1:]
-    for candidate in (words, words[:-1] if len(words) > 1 and words[-1] in TRAILING_WORDS else None):
-        if candidate and " ".join(candidate) in keys:
-            return tree.get(keys[" ".join(candidate)])
-    return None
 
 
 def concept_masks(tree: ConceptTree | None = None, label_map: np.ndarray | None = None, landmarks: Any = None,

@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from fifa_lab.artifacts import FORGERY_CLASS_NAMES
 from fifa_lab.data.masks import box_to_mask, decode_rle, mask_to_box
 from fifa_lab.data.records import decode_label_map, image_array, png_bytes
-from fifa_lab.eval.age import resolve_phrase
+from fifa_lab.fict.names import resolve_phrase
 from fifa_lab.eval.runner import CLOSED_CHOICES
 from fifa_lab.faces.face import Face
 from fifa_lab.faces.image_io import ImageError, ImageSource
