@@ -104,18 +104,80 @@ def test_parsing_loss_reads_cell_centres_ignores_unknown_and_rejects_foreign_cla
                                                 + c.dice_weight * out["dice"] + c.parsing_weight * out["parsing"])
     with pytest.raises(ValueError, match="label_maps must be"):
         model(**batch, label_maps=labels[:, :8])
-    off = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_weight=0.0)
+    off = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_weight=0.0, concept_gate=False)
     assert off.parsing_head is None and "parsing_head" not in off.parameter_counts()
+    with pytest.raises(ValueError, match="concept_gate"):  # the gate reads the head
+        FiFaConfig(parsing_weight=0.0)
 
 
 def test_checkpoint_from_before_the_parsing_head_loads_without_one(model: FiFaMLLM, tmp_path) -> None:
-    off = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_weight=0.0)
+    off = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_weight=0.0, concept_gate=False)
     off.save_pretrained(tmp_path / "old")
     config = json.loads((tmp_path / "old" / "config.json").read_text())
-    del config["parsing_weight"], config["parsing_classes"]  # what an older checkpoint wrote
+    # what an older checkpoint wrote
+    del config["parsing_weight"], config["parsing_classes"], config["concept_gate"], config["concept_weight"]
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
     loaded = FiFaMLLM.from_pretrained(tmp_path / "old")
     assert loaded.parsing_head is None and loaded.config.parsing_weight == 0.0
+    assert loaded.mask_decoder.concept_pick is None and not loaded.config.concept_gate
+
+
+def test_checkpoint_from_before_the_concept_gate_loads_without_it(tmp_path) -> None:
+    torch.manual_seed(0)
+    old = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, concept_gate=False)
+    old.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["concept_gate"], config["concept_weight"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    loaded = FiFaMLLM.from_pretrained(tmp_path / "old")
+    assert loaded.parsing_head is not None and loaded.mask_decoder.concept_pick is None
+    image = np.full((SIZE, SIZE, 3), 90, np.uint8)
+    answer = "<p>the mouth</p> [SEG]"
+    assert np.array_equal(loaded.ground(image, PROMPTS[0], answer).masks, old.eval().ground(image, PROMPTS[0], answer).masks)
+
+
+def test_concept_gate_confines_a_mask_to_the_picked_parsing_classes() -> None:
+    from fifa_lab.model.mask_decoder import GATE_FLOOR, MaskDecoder
+
+    config = FiFaConfig(**TINY, vocab_size=10, parsing_classes=4)
+    decoder = MaskDecoder(config)
+    low = SIZE // 4
+    parse = torch.full((4, low, low), -30.0)
+    parse[2, :, :low // 2] = 30.0  # class 2 on the left half
+    parse[3, :, low // 2:] = 30.0  # class 3 on the right half
+    with torch.no_grad():
+        for layer in (decoder.query_proj[-1], decoder.concept_pick, decoder.query_bias):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        decoder.query_bias.bias.fill_(3.0)  # "mark all of the picked concept"
+        decoder.concept_pick.bias.copy_(torch.tensor([-30.0, -30.0, 30.0, -30.0]))  # pick class 2 only
+    hidden = torch.randn(1, config.lm_hidden_size)
+    with torch.no_grad():
+        logits = decoder(hidden, torch.randn(config.mask_decoder_dim, low, low), parse)[0]
+    assert (logits[:, :SIZE // 2 - 4] > 0).all() and (logits[:, SIZE // 2 + 4:] < 0).all()
+    assert float(logits.min()) == pytest.approx(3.0 + np.log(GATE_FLOOR), abs=1e-3)
+    with torch.no_grad():
+        decoder.concept_pick.bias.fill_(30.0)  # a phrase that names no concept: every class passes
+    assert (decoder(hidden, torch.randn(config.mask_decoder_dim, low, low), parse) > 0).all()
+    with pytest.raises(ValueError, match="parsing logits"):
+        decoder(hidden, torch.randn(config.mask_decoder_dim, low, low))
+
+
+def test_concept_loss_is_the_gate_pick_bce_and_part_of_the_loss(model: FiFaMLLM, batch: dict) -> None:
+    classes = model.config.parsing_classes
+    wanted = [torch.zeros(1, classes), torch.ones(1, classes)]
+    wanted[0][0, [3, 4]] = 1.0
+    out = model(**batch, seg_concepts=wanted)
+    run = model._run(batch["images"], batch["input_ids"], batch["attention_mask"], regions=batch["regions"],
+                     output_hidden_states=True)
+    picks = torch.cat([model.mask_decoder.concept_pick(h) for h in model._seg_hidden(run)])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(picks, torch.cat(wanted))
+    assert out["concept"] > 0 and torch.isclose(out["concept"], expected, atol=1e-6)
+    c = model.config
+    assert torch.isclose(out["loss"], c.ce_weight * out["ce"] + c.bce_weight * out["bce"] + c.dice_weight * out["dice"]
+                         + c.concept_weight * out["concept"])
+    with pytest.raises(ValueError, match="seg_concepts"):
+        model(**batch, seg_concepts=[torch.zeros(2, classes), wanted[1]])
 
 
 def test_ground_gives_one_mask_per_seg(model: FiFaMLLM) -> None:

@@ -16,7 +16,8 @@ from fifa_lab.data.records import decode_label_map
 from fifa_lab.model.parsing_head import IGNORE_LABEL
 from fifa_lab.model import FiFaMLLM, build_tiny
 from fifa_lab.train import SampleDataset, TrainConfig, checkpoints, collate, train
-from fifa_lab.train.data import parsing_target
+from fifa_lab.fict import load_tree
+from fifa_lab.train.data import parsing_target, pick_targets, seg_concepts
 
 SIZE = 64
 TINY = dict(image_size=SIZE, patch_size=16, vision_hidden_size=32, vision_layers=1, vision_heads=2,
@@ -80,6 +81,32 @@ def test_dataset_ratios_and_collate(data_dir: Path) -> None:
     assert torch.equal(parsing_target(None, SIZE), torch.full((SIZE, SIZE), IGNORE_LABEL))
     batch.pop("tasks")
     assert torch.isfinite(model(**batch)["loss"])
+
+
+def test_concept_gate_targets_are_the_leaves_each_phrase_names(data_dir: Path) -> None:
+    tree = load_tree()
+    leaves = lambda concept: tuple(tree.leaf_index[leaf.id] + 1 for leaf in tree.leaves(concept))  # noqa: E731
+    target = ("Fake. <p>the left cheek</p> [SEG] shows blur; <p>the cheeks</p> [SEG] too, and a "
+              "<p>manipulated area</p> [SEG] and a bare [SEG].")
+    picks = seg_concepts(target, tree)
+    assert picks == [leaves("cheek_left"), leaves("cheeks"), None, None]
+    assert len(picks[1]) > len(picks[0]) and set(picks[0]) < set(picks[1])  # a parent is its leaves' union
+    targets = pick_targets(picks, 113)
+    assert targets.shape == (4, 113) and targets[2:].eq(1).all()
+    assert targets[0].nonzero().flatten().tolist() == sorted(p for p in picks[0])
+    with pytest.raises(ValueError, match="parsing classes"):
+        pick_targets(picks, 10)
+
+    # in the training data: RSeg names its sample's concept, Loc names none
+    data = load_datasets(data_dir)
+    full = SampleDataset(data.samples["train"], data.images["train"], SIZE)
+    rseg = next(i for i, t in enumerate(full.tasks) if t == "RSeg")
+    concept = json.loads(data.samples["train"][rseg]["meta"])["concept"]
+    assert full[rseg]["seg_concepts"] == [leaves(concept)]
+    loc = next(i for i, t in enumerate(full.tasks) if t == "Loc" and "[SEG]" in full.samples[i]["target"])
+    assert all(pick is None for pick in full[loc]["seg_concepts"])
+    batch = collate(_model(data_dir))([full[rseg], full[loc]])
+    assert [t.shape[0] for t in batch["seg_concepts"]] == [m.shape[0] for m in batch["seg_masks"]]
 
 
 def test_train_checkpoints_best_and_exact_resume(data_dir: Path, tmp_path: Path) -> None:

@@ -89,6 +89,11 @@ class FiFaData:
     samples: DatasetDict
     card: dict[str, Any]
 
+    @property
+    def tree(self) -> ConceptTree:
+        """The tree the records' concepts, label maps and explanations use (the coarse one in that ablation)."""
+        return concept_vocabulary(self.card.get("parameters", {}).get("concept_depth"))[0]
+
 
 def data_paths(run_dir: str | os.PathLike) -> DatasetPaths:
     root = Path(run_dir) / "data"

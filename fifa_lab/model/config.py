@@ -57,6 +57,11 @@ class FiFaConfig:
     # 0 = no head. Classes: the FICT's 112 leaves + "no concept"
     parsing_weight: float = 1.0
     parsing_classes: int = 113
+    # the concept gate (mask_decoder.py): each [SEG] also picks the parsing classes its phrase names and its
+    # mask is confined to the parsing head's probability of them; needs the parsing head. The weight is that
+    # of the pick's BCE against the named concept's leaves
+    concept_gate: bool = True
+    concept_weight: float = 1.0
     # the LM also reads the forgery head's evidence (artifact map peak, mean, covered share) as one more
     # image token, so "is it fake" and "where" can lean on the densely supervised head
     forensic_token: bool = True
@@ -75,6 +80,9 @@ class FiFaConfig:
             raise ValueError(f"image_size must be a multiple of 4 (the pixel decoder works at 1/4), got {self.image_size}")
         if self.parsing_classes < 2:
             raise ValueError(f"parsing_classes must be >= 2 (leaves + 'no concept'), got {self.parsing_classes}")
+        if self.concept_gate and not self.parsing_weight:
+            raise ValueError("concept_gate reads the parsing head, which parsing_weight=0 switches off; "
+                             "set concept_gate=False too")
         if self.image_token_pool < 1 or self.grid_size % self.image_token_pool:
             raise ValueError(f"image_token_pool {self.image_token_pool} must be >= 1 and divide the "
                              f"{self.grid_size}-patch grid")
@@ -118,9 +126,10 @@ class FiFaConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> FiFaConfig:
-        """A config written by :meth:`save`; one from before the parsing head (no ``parsing_weight``)
-        loads without the head, as its checkpoint has no weights for one."""
+        """A config written by :meth:`save`; one from before the parsing head (no ``parsing_weight``) or
+        the concept gate (no ``concept_gate``) loads without them, as its checkpoint has no weights for them."""
         data = json.loads(Path(path).read_text())
         if isinstance(data, dict):
             data.setdefault("parsing_weight", 0.0)
+            data.setdefault("concept_gate", False)
         return cls.from_dict(data)

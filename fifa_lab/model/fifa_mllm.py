@@ -8,10 +8,11 @@ Data flow (shapes for batch ``B``, text length ``T``, ``N`` patches, LM width ``
     images -> MaskDecoder stem (1/4 resolution) + grid -> pixel embeddings (B, C, H/4, W/4)
     pixel embeddings -> ForgeryHead -> artifact logits, detection logit, evidence (B, 3) -> with
         forensic_token, one more embedding (B, 1, D) after the image's N - 1 others
-    pixel embeddings -> ParsingHead -> FICT leaf logits (B, L + 1, H/4, W/4), a training-only loss
+    pixel embeddings -> ParsingHead -> FICT leaf logits (B, L + 1, H/4, W/4): a loss on every image, and
+        what the concept gate of the mask decoder confines each [SEG] mask with
     grid + region mask (B, H, W) -> RegionEncoder -> (B, D): replaces the <region> token's embedding
     LM(inputs_embeds (B, T - 1 + N, D)) -> logits, last hidden states
-    hidden state at each [SEG] (K, D) . pixel embeddings -> MaskDecoder -> mask logits (K, H, W)
+    hidden state at each [SEG] (K, D) . pixel embeddings (+ concept gate) -> MaskDecoder -> mask logits (K, H, W)
 
 Training sequences are ``<s> prompt target </s>`` with labels only on ``target </s>``; the i-th ``[SEG]``
 of a target owns the i-th mask (DESIGN.md, Records).
@@ -79,6 +80,12 @@ class _LMRun:
     fake_logits: torch.Tensor  # (B,) the forgery head's detection logits
     artifact_logits: torch.Tensor  # (B, H, W) the forgery head's artifact-mask logits
     evidence: torch.Tensor  # (B, 3) the artifact map's peak, mean logit and covered share
+    parse_logits: torch.Tensor | None  # (B, L + 1, H/4, W/4) the parsing head's, None without the head
+
+    def seg_masks(self, decoder: MaskDecoder, row: int, seg_hidden: torch.Tensor) -> torch.Tensor:
+        """Mask logits ``(K, H, W)`` of row ``row``'s ``[SEG]`` hidden states ``(K, D)``."""
+        parse = None if self.parse_logits is None else self.parse_logits[row]
+        return decoder(seg_hidden, self.pixel[row], parse)
 
 
 class FiFaMLLM(nn.Module):
@@ -179,6 +186,7 @@ class FiFaMLLM(nn.Module):
         image_embeds = self.projector(tokens)  # (B, N, D)
         pixel = self.mask_decoder.pixel_embeddings(grid, images)  # (B, C, H/4, W/4)
         fake_logits, artifact_logits, evidence = self.forgery_head(pixel)
+        parse_logits = self.parsing_head(pixel) if self.parsing_head is not None else None
         if self.config.forensic_token:  # the head's evidence as the last image token
             image_embeds = torch.cat([image_embeds, self.forgery_head.token(evidence)[:, None]], 1)
         embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, D)
@@ -213,7 +221,8 @@ class FiFaMLLM(nn.Module):
             lm_kwargs.setdefault("position_ids", (mask.cumsum(1) - 1).clamp(min=0))
         output = self.lm(inputs_embeds=embeds, attention_mask=mask, labels=labels, **lm_kwargs)
         return _LMRun(output=output, input_ids=ids, attention_mask=mask, grid=grid, pixel=pixel,
-                      fake_logits=fake_logits, artifact_logits=artifact_logits, evidence=evidence)
+                      fake_logits=fake_logits, artifact_logits=artifact_logits, evidence=evidence,
+                      parse_logits=parse_logits)
 
     def _seg_hidden(self, run: _LMRun) -> list[torch.Tensor]:
         """Per row, the last-layer hidden states at its ``[SEG]`` tokens: ``(K_b, D)``."""
@@ -224,38 +233,51 @@ class FiFaMLLM(nn.Module):
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: torch.Tensor | None = None, regions: torch.Tensor | None = None,
                 seg_masks: Sequence[torch.Tensor] | None = None, is_fake: torch.Tensor | None = None,
-                artifact_masks: torch.Tensor | None = None,
-                label_maps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                artifact_masks: torch.Tensor | None = None, label_maps: torch.Tensor | None = None,
+                seg_concepts: Sequence[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Training/eval pass.
 
         ``images`` ``(B, 3, H, W)`` in [0, 1]; ``input_ids``/``attention_mask``/``labels`` ``(B, T)`` from
         :meth:`encode`; ``regions`` ``(B, H, W)`` masks for rows with ``<region>`` (other rows ignored);
         ``seg_masks`` one ``(K_b, H, W)`` tensor per row, ``K_b`` = that row's ``[SEG]`` count;
         ``is_fake`` ``(B,)`` and ``artifact_masks`` ``(B, H, W)`` the image labels of the forgery head;
-        ``label_maps`` ``(B, H, W)`` long the parsing head's (FICT leaf + 1, 0 = none, -100 = unknown).
-        Returns ``loss`` (weighted sum), ``ce``, ``bce``, ``dice``, ``forgery``, ``parsing`` (zero when not
-        computed) and ``logits`` ``(B, T - 1 + N, V)``.
+        ``label_maps`` ``(B, H, W)`` long the parsing head's (FICT leaf + 1, 0 = none, -100 = unknown);
+        ``seg_concepts`` one ``(K_b, L + 1)`` 0/1 tensor per row, the parsing classes each ``[SEG]``'s phrase
+        names (the concept gate's targets, used with ``seg_masks``).
+        Returns ``loss`` (weighted sum), ``ce``, ``bce``, ``dice``, ``forgery``, ``parsing``, ``concept``
+        (zero when not computed) and ``logits`` ``(B, T - 1 + N, V)``.
         """
         run = self._run(images, input_ids, attention_mask, labels, regions, output_hidden_states=True)
         zero = run.output.logits.new_zeros(())
         ce = run.output.loss if labels is not None else zero
-        bce, dice, forgery, parsing = zero, zero, zero, zero
-        size = self.config.image_size
+        bce, dice, forgery, parsing, concept = zero, zero, zero, zero, zero
+        size, c = self.config.image_size, self.config
         if seg_masks is not None:
             if len(seg_masks) != images.shape[0]:
                 raise ValueError(f"seg_masks has {len(seg_masks)} entries for {images.shape[0]} images")
-            logits, targets = [], []
+            logits, targets, picks, pick_targets = [], [], [], []
+            gate = self.mask_decoder.concept_pick
+            if gate is not None and seg_concepts is not None and len(seg_concepts) != images.shape[0]:
+                raise ValueError(f"seg_concepts has {len(seg_concepts)} entries for {images.shape[0]} images")
             for b, hidden in enumerate(self._seg_hidden(run)):
                 target = seg_masks[b]
                 if target.ndim != 3 or tuple(target.shape[1:]) != (size, size) or target.shape[0] != hidden.shape[0]:
                     raise ValueError(f"row {b} has {hidden.shape[0]} {SEG_TOKEN} tokens, so seg_masks[{b}] must be "
                                      f"({hidden.shape[0]}, {size}, {size}); got {tuple(target.shape)}")
                 if hidden.shape[0]:
-                    logits.append(self.mask_decoder(hidden, run.pixel[b]))
+                    logits.append(run.seg_masks(self.mask_decoder, b, hidden))
                     targets.append(target.to(run.pixel.dtype))
+                    if gate is not None and seg_concepts is not None:
+                        wanted = seg_concepts[b]
+                        if tuple(wanted.shape) != (hidden.shape[0], c.parsing_classes):
+                            raise ValueError(f"seg_concepts[{b}] must be ({hidden.shape[0]}, {c.parsing_classes}), "
+                                             f"got {tuple(wanted.shape)}")
+                        picks.append(gate(hidden))
+                        pick_targets.append(wanted.to(hidden.dtype))
             if logits:
                 bce, dice = _mask_losses(torch.cat(logits), torch.cat(targets))
-        c = self.config
+            if picks:
+                concept = F.binary_cross_entropy_with_logits(torch.cat(picks), torch.cat(pick_targets))
         if c.forgery_weight and is_fake is not None and artifact_masks is not None:
             if is_fake.shape != (images.shape[0],) or tuple(artifact_masks.shape) != (images.shape[0], size, size):
                 raise ValueError(f"is_fake must be (B,) and artifact_masks (B, {size}, {size}); got "
@@ -271,11 +293,11 @@ class FiFaMLLM(nn.Module):
         if self.parsing_head is not None and label_maps is not None:
             if tuple(label_maps.shape) != (images.shape[0], size, size):
                 raise ValueError(f"label_maps must be (B, {size}, {size}); got {tuple(label_maps.shape)}")
-            parsing = self.parsing_head.loss(self.parsing_head(run.pixel), label_maps.long())
+            parsing = self.parsing_head.loss(run.parse_logits, label_maps.long())
         loss = (c.ce_weight * ce + c.bce_weight * bce + c.dice_weight * dice + c.forgery_weight * forgery
-                + c.parsing_weight * parsing)
+                + c.parsing_weight * parsing + c.concept_weight * concept)
         return {"loss": loss, "ce": ce, "bce": bce, "dice": dice, "forgery": forgery, "parsing": parsing,
-                "logits": run.output.logits}
+                "concept": concept, "logits": run.output.logits}
 
     # --- inference ----------------------------------------------------------------------------------
 
@@ -436,7 +458,7 @@ class FiFaMLLM(nn.Module):
             # only the answer's [SEG] tokens own masks; a [SEG] typed into the prompt does not
             hidden = hidden[hidden.shape[0] - ids.count(seg):]
             if hidden.shape[0]:
-                masks = (self.mask_decoder(hidden, run.pixel[b]) > 0).cpu().numpy()
+                masks = (run.seg_masks(self.mask_decoder, b, hidden) > 0).cpu().numpy()
             else:
                 masks = np.zeros((0, size, size), dtype=bool)
             text = self.tokenizer.decode(ids, skip_special_tokens=False)

@@ -21,7 +21,11 @@ from torch.utils.data import Dataset, Sampler
 
 from fifa_lab.data.masks import box_to_mask, decode_rle
 from fifa_lab.data.records import decode_label_map
+from fifa_lab.fict import ConceptTree, load_tree
+from fifa_lab.fict.names import resolve_phrase
+from fifa_lab.model.fifa_mllm import parse_phrases
 from fifa_lab.model.parsing_head import IGNORE_LABEL
+from fifa_lab.tasks.registry import SEG_TOKEN
 
 
 def load_image(image: Any, size: int) -> np.ndarray:
@@ -67,6 +71,19 @@ def parsing_target(label_map: Any, size: int) -> torch.Tensor:
     return torch.from_numpy(labels).long()
 
 
+def seg_concepts(target: str, tree: ConceptTree) -> list[tuple[int, ...] | None]:
+    """Per ``[SEG]`` of ``target``, the parsing classes (leaf index + 1) of the concept its phrase names:
+    the phrase is the last ``<p>...</p>`` before that ``[SEG]``. ``None`` where there is no phrase or it
+    names no concept (Loc's "manipulated area"): the concept gate then passes every class."""
+    picks = []
+    for before in target.split(SEG_TOKEN)[:-1]:
+        phrases = parse_phrases(before)
+        concept = resolve_phrase(phrases[-1], tree) if phrases else None
+        picks.append(None if concept is None else
+                     tuple(tree.leaf_index[leaf.id] + 1 for leaf in tree.leaves(concept.id)))
+    return picks
+
+
 def task_weights(tasks: Sequence[str], ratios: Mapping[str, float]) -> np.ndarray:
     """Per-row draw probability so that task ``t`` is drawn with share ``ratios[t] / sum(ratios)``.
 
@@ -88,11 +105,12 @@ class SampleDataset(Dataset):
     in [0, 1], ``prompt``, ``target``, ``task``, ``masks`` ``(K, S, S)`` float (one per ``[SEG]``),
     ``region`` ``(S, S)`` float or ``None``, and the image's own labels for the forgery head: ``is_fake``
     (0/1) and ``artifact_mask`` ``(S, S)`` float; and for the parsing head ``label_map`` ``(S, S)`` long
-    (FICT leaf + 1, 0 = no concept, ``IGNORE_LABEL`` everywhere for an image stored without one).
+    (FICT leaf + 1, 0 = no concept, ``IGNORE_LABEL`` everywhere for an image stored without one), and
+    ``seg_concepts`` (:func:`seg_concepts` in ``tree``, the run's concept tree; default the FICT).
     """
 
     def __init__(self, samples: HFDataset, images: HFDataset, image_size: int,
-                 task_ratios: Mapping[str, float] | None = None) -> None:
+                 task_ratios: Mapping[str, float] | None = None, tree: ConceptTree | None = None) -> None:
         self.ratios = dict(task_ratios or {})
         negative = {t: r for t, r in self.ratios.items() if r < 0}
         if negative:
@@ -102,6 +120,7 @@ class SampleDataset(Dataset):
         # only what training reads: decoding the label map and the rest per row would be wasted work
         self.images = images.select_columns(["image", "label", "artifact_mask", "label_map"])
         self.image_size = image_size
+        self.tree = tree or load_tree()
         self.tasks: list[str] = list(self.samples["task"])
 
     def __len__(self) -> int:
@@ -130,6 +149,7 @@ class SampleDataset(Dataset):
             "is_fake": float(record["label"] == "fake"),
             "artifact_mask": torch.from_numpy(resize_mask(decode_rle(record["artifact_mask"]), size)).float(),
             "label_map": parsing_target(record["label_map"], size),
+            "seg_concepts": seg_concepts(row["target"], self.tree),
         }
 
     def weights(self) -> np.ndarray:
@@ -162,7 +182,8 @@ def collate(model: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """A ``collate_fn`` giving :meth:`FiFaMLLM.forward` keyword arguments plus ``tasks``.
 
     Text goes through ``model.encode``; images are stacked; rows without a region get an all-zero
-    region (the model ignores it); masks stay one ``(K_b, S, S)`` tensor per row since ``K_b`` varies.
+    region (the model ignores it); masks and the concept gate's targets stay one ``(K_b, ...)`` tensor
+    per row since ``K_b`` varies.
     """
     def collate_fn(rows: list[dict[str, Any]]) -> dict[str, Any]:
         batch = dict(model.encode([r["prompt"] for r in rows], [r["target"] for r in rows]))
@@ -174,6 +195,20 @@ def collate(model: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
         batch["is_fake"] = torch.tensor([r["is_fake"] for r in rows])
         batch["artifact_masks"] = torch.stack([r["artifact_mask"] for r in rows])
         batch["label_maps"] = torch.stack([r["label_map"] for r in rows])
+        batch["seg_concepts"] = [pick_targets(r["seg_concepts"], model.config.parsing_classes) for r in rows]
         batch["tasks"] = [r["task"] for r in rows]
         return batch
     return collate_fn
+
+
+def pick_targets(picks: Sequence[tuple[int, ...] | None], classes: int) -> torch.Tensor:
+    """:func:`seg_concepts` output -> ``(K, classes)`` 0/1 targets of the concept gate (all ones for ``None``)."""
+    targets = torch.zeros(len(picks), classes)
+    for k, pick in enumerate(picks):
+        if pick is None:
+            targets[k] = 1.0
+        else:
+            if max(pick) >= classes:
+                raise ValueError(f"concept class {max(pick)} is beyond the model's {classes} parsing classes")
+            targets[k, list(pick)] = 1.0
+    return targets

@@ -2,7 +2,7 @@
 
 Writes under ``run_dir/model/``::
 
-    train_log.jsonl   one line per optimizer step: step, loss, ce, bce, dice, forgery, parsing, lr, task_ce, (val)
+    train_log.jsonl   one line per optimizer step: step, loss, ce, bce, dice, forgery, parsing, concept, lr, task_ce, (val)
     step-<n>/         checkpoint: save_pretrained files + ``state/`` (accelerate: optimizer, scheduler, RNG)
                       + ``trainer_state.json`` (step, best score so far); the last ``keep_checkpoints`` kept
     best/             save_pretrained of the weights with the best validation score (Det acc + Loc mIoU)
@@ -208,8 +208,8 @@ def train(run_dir: str | os.PathLike, model: FiFaMLLM, config: TrainConfig | Non
 
     data = load_datasets(run_dir)
     size = model.config.image_size
-    train_set = SampleDataset(data.samples["train"], data.images["train"], size, config.task_ratios)
-    val_set = SampleDataset(data.samples["validation"], data.images["validation"], size)
+    train_set = SampleDataset(data.samples["train"], data.images["train"], size, config.task_ratios, data.tree)
+    val_set = SampleDataset(data.samples["validation"], data.images["validation"], size, tree=data.tree)
 
     # weight decay on matrices only: decaying norms and biases just fights their scale
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
@@ -243,12 +243,12 @@ def train(run_dir: str | os.PathLike, model: FiFaMLLM, config: TrainConfig | Non
     checkpoint = found[-1][1] if found else None
     progress = tqdm(total=stop, initial=start, desc="train", disable=not accelerator.is_local_main_process)
     for step in range(start + 1, stop + 1):
-        totals = dict.fromkeys(("loss", "ce", "bce", "dice", "forgery", "parsing"), 0.0)
+        totals = dict.fromkeys(("loss", "ce", "bce", "dice", "forgery", "parsing", "concept"), 0.0)
         task_ce: dict[str, list[float]] = {}
         for micro in range(config.grad_accum):
             batch = next(batches)
             tasks = batch.pop("tasks")
-            batch = {k: [m.to(accelerator.device) for m in v] if k == "seg_masks" else v.to(accelerator.device)
+            batch = {k: [m.to(accelerator.device) for m in v] if isinstance(v, list) else v.to(accelerator.device)
                      for k, v in batch.items()}
             # gradients sync across processes only on the last micro-batch of a step
             sync = micro == config.grad_accum - 1
