@@ -92,8 +92,8 @@ def test_concept_gate_targets_are_the_leaves_each_phrase_names(data_dir: Path) -
     assert picks == [leaves("cheek_left"), leaves("cheeks"), None, None]
     assert len(picks[1]) > len(picks[0]) and set(picks[0]) < set(picks[1])  # a parent is its leaves' union
     targets = pick_targets(picks, 113)
-    assert targets.shape == (4, 113) and targets[2:].eq(1).all()
-    assert targets[0].nonzero().flatten().tolist() == sorted(p for p in picks[0])
+    assert targets.shape == (4, 114) and targets[2:, -1].eq(1).all() and targets[2:, :-1].eq(0).all()
+    assert targets[0].nonzero().flatten().tolist() == sorted(picks[0])
     with pytest.raises(ValueError, match="parsing classes"):
         pick_targets(picks, 10)
 

@@ -57,9 +57,9 @@ class FiFaConfig:
     # 0 = no head. Classes: the FICT's 112 leaves + "no concept"
     parsing_weight: float = 1.0
     parsing_classes: int = 113
-    # the concept gate (mask_decoder.py): each [SEG] also picks the parsing classes its phrase names and its
-    # mask is confined to the parsing head's probability of them; needs the parsing head. The weight is that
-    # of the pick's BCE against the named concept's leaves
+    # the concept gate (mask_decoder.py): each [SEG] also picks the parsing classes its phrase names (or none)
+    # and its mask is confined to the parsing head's probability of them; needs the parsing head. The
+    # weight is that of the pick's loss (mask_decoder.pick_loss)
     concept_gate: bool = True
     concept_weight: float = 1.0
     # the LM also reads the forgery head's evidence (artifact map peak, mean, covered share) as one more

@@ -38,7 +38,7 @@ from fifa_lab.io import atomic_path
 from fifa_lab.model.config import PHRASE_END, PHRASE_START, FiFaConfig
 from fifa_lab.model.forgery_head import ForgeryHead
 from fifa_lab.model.image_encoder import ImageEncoder
-from fifa_lab.model.mask_decoder import MaskDecoder
+from fifa_lab.model.mask_decoder import MaskDecoder, pick_loss
 from fifa_lab.model.parsing_head import ParsingHead
 from fifa_lab.model.region_encoder import RegionEncoder
 from fifa_lab.tasks.registry import IMAGE_TOKEN, REGION_TOKEN, SEG_TOKEN
@@ -242,8 +242,8 @@ class FiFaMLLM(nn.Module):
         ``seg_masks`` one ``(K_b, H, W)`` tensor per row, ``K_b`` = that row's ``[SEG]`` count;
         ``is_fake`` ``(B,)`` and ``artifact_masks`` ``(B, H, W)`` the image labels of the forgery head;
         ``label_maps`` ``(B, H, W)`` long the parsing head's (FICT leaf + 1, 0 = none, -100 = unknown);
-        ``seg_concepts`` one ``(K_b, L + 1)`` 0/1 tensor per row, the parsing classes each ``[SEG]``'s phrase
-        names (the concept gate's targets, used with ``seg_masks``).
+        ``seg_concepts`` one ``(K_b, L + 2)`` 0/1 tensor per row: the parsing classes each ``[SEG]``'s phrase
+        names, then 1 where it names none (the concept gate's targets, used with ``seg_masks``).
         Returns ``loss`` (weighted sum), ``ce``, ``bce``, ``dice``, ``forgery``, ``parsing``, ``concept``
         (zero when not computed) and ``logits`` ``(B, T - 1 + N, V)``.
         """
@@ -269,15 +269,15 @@ class FiFaMLLM(nn.Module):
                     targets.append(target.to(run.pixel.dtype))
                     if gate is not None and seg_concepts is not None:
                         wanted = seg_concepts[b]
-                        if tuple(wanted.shape) != (hidden.shape[0], c.parsing_classes):
-                            raise ValueError(f"seg_concepts[{b}] must be ({hidden.shape[0]}, {c.parsing_classes}), "
-                                             f"got {tuple(wanted.shape)}")
+                        if tuple(wanted.shape) != (hidden.shape[0], c.parsing_classes + 1):
+                            raise ValueError(f"seg_concepts[{b}] must be ({hidden.shape[0]}, "
+                                             f"{c.parsing_classes + 1}), got {tuple(wanted.shape)}")
                         picks.append(gate(hidden))
                         pick_targets.append(wanted.to(hidden.dtype))
             if logits:
                 bce, dice = _mask_losses(torch.cat(logits), torch.cat(targets))
             if picks:
-                concept = F.binary_cross_entropy_with_logits(torch.cat(picks), torch.cat(pick_targets))
+                concept = pick_loss(torch.cat(picks), torch.cat(pick_targets))
         if c.forgery_weight and is_fake is not None and artifact_masks is not None:
             if is_fake.shape != (images.shape[0],) or tuple(artifact_masks.shape) != (images.shape[0], size, size):
                 raise ValueError(f"is_fake must be (B,) and artifact_masks (B, {size}, {size}); got "

@@ -9,11 +9,13 @@ cheek"), and its mask should lie in that concept: that is what grounding consist
 RSeg asks for outright. Without help a ``[SEG]`` query has to find a concept's pixels from the few samples
 naming it, and the default model found none (RSeg mIoU 0.0, teacher-forced best-threshold IoU 0.04, while
 the parsing head's own argmax reached 0.34 on the same concepts). So each ``[SEG]`` hidden state also
-*picks* parsing classes (a sigmoid per class, trained against the leaves of the concept its phrase names,
-and against every class where the phrase names none, such as Loc's "manipulated area"), and the mask
-logit adds ``log`` of the parsing head's probability mass on the picked classes: about 0 inside the
-named concept, about ``log(GATE_FLOOR)`` outside. The query then only has to say *what* to mark (all of
-the concept for RSeg, its artifacts for AGE), and a parent concept is the union of its leaves for free.
+*picks* parsing classes (a sigmoid per class, trained against the leaves of the concept its phrase
+names) or says that its phrase names no concept (an "open" sigmoid, for Loc's "manipulated area"), and
+the mask logit adds ``log`` of the parsing head's probability mass on the picked classes (1 when open):
+about 0 inside the named concept, about ``log(GATE_FLOOR)`` outside. The query then only has to say
+*what* to mark (all of the concept for RSeg, its artifacts for AGE), and a parent concept is the union
+of its leaves for free. The pick's loss sums its per-class BCE: averaged over 113 classes, the one or
+few named leaves hardly counted and the pick stayed at the class prior (tried in the default run).
 """
 from __future__ import annotations
 
@@ -24,6 +26,24 @@ from torch import nn
 from fifa_lab.model.config import FiFaConfig
 
 GATE_FLOOR = 1e-4  # the least probability mass the gate passes: outside the picked concept a logit drops by ~9
+PICK_PRIOR = -4.0  # initial pick logits: a phrase names a few of the ~113 classes, so start near "not picked"
+
+
+def gate_mass(pick_logits: torch.Tensor, parse_logits: torch.Tensor) -> torch.Tensor:
+    """Pick logits ``(K, L + 1)`` (``L`` parsing classes, then "open") and parsing logits ``(L, h, w)`` ->
+    the probability mass ``(K, h, w)`` the gate passes: open + (1 - open) * sum of picked class probabilities."""
+    picked = torch.sigmoid(pick_logits)
+    mass = torch.einsum("kl,lhw->khw", picked[:, :-1], parse_logits.softmax(0))
+    opened = picked[:, -1, None, None]
+    return opened + (1 - opened) * mass
+
+
+def pick_loss(pick_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over ``[SEG]``s of the pick's loss: BCE of "open" plus, where a concept is named (open target
+    0), the BCE summed over classes. ``pick_logits`` and 0/1 ``targets`` are ``(K, L + 1)``."""
+    bce = F.binary_cross_entropy_with_logits(pick_logits, targets, reduction="none")
+    named = 1.0 - targets[:, -1]
+    return (bce[:, -1] + named * bce[:, :-1].sum(1)).mean()
 
 
 class MaskDecoder(nn.Module):
@@ -46,7 +66,8 @@ class MaskDecoder(nn.Module):
             nn.Conv2d(3, stem, 3, stride=2, padding=1), nn.GroupNorm(1, stem), nn.GELU(),
             nn.Conv2d(stem, dim, 3, stride=2, padding=1)) if stem else None
         if config.concept_gate:
-            self.concept_pick = nn.Linear(config.lm_hidden_size, config.parsing_classes)
+            self.concept_pick = nn.Linear(config.lm_hidden_size, config.parsing_classes + 1)  # classes, open
+            nn.init.constant_(self.concept_pick.bias, PICK_PRIOR)
             # a per-query offset: "all of the picked concept" needs a logit above 0 everywhere inside it
             self.query_bias = nn.Linear(config.lm_hidden_size, 1)
         else:
@@ -73,8 +94,7 @@ class MaskDecoder(nn.Module):
         if self.concept_pick is not None:
             if parse_logits is None:
                 raise ValueError("the concept gate needs the image's parsing logits (L, H/4, W/4)")
-            picked = torch.sigmoid(self.concept_pick(seg_hidden))  # (K, L)
-            mass = torch.einsum("kl,lhw->khw", picked, parse_logits.softmax(0))
+            mass = gate_mass(self.concept_pick(seg_hidden), parse_logits)
             low = low + self.query_bias(seg_hidden)[:, :, None] + mass.clamp_min(GATE_FLOOR).log()
         full = self.config.image_size
         return F.interpolate(low[:, None], size=(full, full), mode="bilinear", align_corners=False)[:, 0]

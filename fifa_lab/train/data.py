@@ -74,7 +74,7 @@ def parsing_target(label_map: Any, size: int) -> torch.Tensor:
 def seg_concepts(target: str, tree: ConceptTree) -> list[tuple[int, ...] | None]:
     """Per ``[SEG]`` of ``target``, the parsing classes (leaf index + 1) of the concept its phrase names:
     the phrase is the last ``<p>...</p>`` before that ``[SEG]``. ``None`` where there is no phrase or it
-    names no concept (Loc's "manipulated area"): the concept gate then passes every class."""
+    names no concept (Loc's "manipulated area"): the concept gate then opens."""
     picks = []
     for before in target.split(SEG_TOKEN)[:-1]:
         phrases = parse_phrases(before)
@@ -202,11 +202,12 @@ def collate(model: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
 
 
 def pick_targets(picks: Sequence[tuple[int, ...] | None], classes: int) -> torch.Tensor:
-    """:func:`seg_concepts` output -> ``(K, classes)`` 0/1 targets of the concept gate (all ones for ``None``)."""
-    targets = torch.zeros(len(picks), classes)
+    """:func:`seg_concepts` output -> ``(K, classes + 1)`` 0/1 targets of the concept gate: the named
+    classes, and the last column ("open") set where no concept is named (``None``)."""
+    targets = torch.zeros(len(picks), classes + 1)
     for k, pick in enumerate(picks):
         if pick is None:
-            targets[k] = 1.0
+            targets[k, classes] = 1.0
         else:
             if max(pick) >= classes:
                 raise ValueError(f"concept class {max(pick)} is beyond the model's {classes} parsing classes")
