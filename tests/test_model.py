@@ -153,14 +153,14 @@ def test_concept_gate_confines_a_mask_to_the_picked_parsing_classes() -> None:
         decoder.concept_pick.bias.copy_(torch.tensor([-30.0, -30.0, 30.0, -30.0, -30.0]))  # class 2, not open
     hidden = torch.randn(1, config.lm_hidden_size)
     with torch.no_grad():
-        logits = decoder(hidden, torch.randn(config.mask_decoder_dim, low, low), parse)[0]
+        logits = decoder(hidden, torch.randn(config.mask_decoder_dim, low, low), parse, hidden)[0]
     assert (logits[:, :SIZE // 2 - 4] > 0).all() and (logits[:, SIZE // 2 + 4:] < 0).all()
     assert float(logits.min()) == pytest.approx(3.0 + np.log(GATE_FLOOR), abs=1e-3)
     with torch.no_grad():
         decoder.concept_pick.bias.copy_(torch.tensor([-30.0, -30.0, -30.0, -30.0, 30.0]))  # names none: open
-        assert (decoder(hidden, torch.randn(config.mask_decoder_dim, low, low), parse) > 0).all()
+        assert (decoder(hidden, torch.randn(config.mask_decoder_dim, low, low), parse, hidden) > 0).all()
         decoder.concept_pick.bias.copy_(torch.tensor([-30.0, -30.0, 30.0, 30.0, -30.0]))  # a parent: the union
-        assert (decoder(hidden, torch.randn(config.mask_decoder_dim, low, low), parse) > 0).all()
+        assert (decoder(hidden, torch.randn(config.mask_decoder_dim, low, low), parse, hidden) > 0).all()
     with pytest.raises(ValueError, match="parsing logits"):
         decoder(hidden, torch.randn(config.mask_decoder_dim, low, low))
 
@@ -188,7 +188,7 @@ def test_concept_loss_is_the_gate_pick_loss_and_part_of_the_loss(model: FiFaMLLM
     out = model(**batch, seg_concepts=wanted)
     run = model._run(batch["images"], batch["input_ids"], batch["attention_mask"], regions=batch["regions"],
                      output_hidden_states=True)
-    picks = torch.cat([model.mask_decoder.concept_pick(h) for h in model._seg_hidden(run)])
+    picks = torch.cat([model.mask_decoder.concept_pick(p) for p in model._seg_phrases(run)])
     assert out["concept"] > 0 and torch.isclose(out["concept"], pick_loss(picks, torch.cat(wanted)), atol=1e-6)
     c = model.config
     assert torch.isclose(out["loss"], c.ce_weight * out["ce"] + c.bce_weight * out["bce"] + c.dice_weight * out["dice"]

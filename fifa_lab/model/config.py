@@ -61,7 +61,7 @@ class FiFaConfig:
     # and its mask is confined to the parsing head's probability of them; needs the parsing head. The
     # weight is that of the pick's loss (mask_decoder.pick_loss)
     concept_gate: bool = True
-    concept_weight: float = 1.0
+    concept_weight: float = 0.2
     # the LM also reads the forgery head's evidence (artifact map peak, mean, covered share) as one more
     # image token, so "is it fake" and "where" can lean on the densely supervised head
     forensic_token: bool = True

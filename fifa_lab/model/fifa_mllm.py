@@ -81,11 +81,14 @@ class _LMRun:
     artifact_logits: torch.Tensor  # (B, H, W) the forgery head's artifact-mask logits
     evidence: torch.Tensor  # (B, 3) the artifact map's peak, mean logit and covered share
     parse_logits: torch.Tensor | None  # (B, L + 1, H/4, W/4) the parsing head's, None without the head
+    embeds: torch.Tensor  # (B, T', D) the LM's input embeddings
 
-    def seg_masks(self, decoder: MaskDecoder, row: int, seg_hidden: torch.Tensor) -> torch.Tensor:
-        """Mask logits ``(K, H, W)`` of row ``row``'s ``[SEG]`` hidden states ``(K, D)``."""
+    def seg_masks(self, decoder: MaskDecoder, row: int, seg_hidden: torch.Tensor,
+                  phrases: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask logits ``(K, H, W)`` of row ``row``'s ``[SEG]`` hidden states ``(K, D)`` (and, for the
+        concept gate, their phrase embeddings ``(K, D)``)."""
         parse = None if self.parse_logits is None else self.parse_logits[row]
-        return decoder(seg_hidden, self.pixel[row], parse)
+        return decoder(seg_hidden, self.pixel[row], parse, phrases)
 
 
 class FiFaMLLM(nn.Module):
@@ -222,7 +225,29 @@ class FiFaMLLM(nn.Module):
         output = self.lm(inputs_embeds=embeds, attention_mask=mask, labels=labels, **lm_kwargs)
         return _LMRun(output=output, input_ids=ids, attention_mask=mask, grid=grid, pixel=pixel,
                       fake_logits=fake_logits, artifact_logits=artifact_logits, evidence=evidence,
-                      parse_logits=parse_logits)
+                      parse_logits=parse_logits, embeds=embeds)
+
+    def _seg_phrases(self, run: _LMRun) -> list[torch.Tensor]:
+        """Per row, one ``(K_b, D)`` embedding per ``[SEG]``: the mean input embedding of the tokens of the
+        last ``<p>...</p>`` phrase since the previous ``[SEG]`` (zeros where there is none). The concept
+        gate reads the name from here rather than from the LM's state at ``[SEG]``."""
+        start, end, seg = (self.token_ids[t] for t in (PHRASE_START, PHRASE_END, SEG_TOKEN))
+        rows = []
+        for b, (ids, mask) in enumerate(zip(run.input_ids.tolist(), run.attention_mask.tolist())):
+            found, opened, phrase = [], None, None
+            for i, (token, real) in enumerate(zip(ids, mask)):
+                if not real:
+                    continue
+                if token == start:
+                    opened = i + 1
+                elif token == end and opened is not None:
+                    phrase, opened = (opened, i), None
+                elif token == seg:
+                    found.append(run.embeds[b, phrase[0]:phrase[1]].mean(0) if phrase and phrase[1] > phrase[0]
+                                 else run.embeds.new_zeros(run.embeds.shape[-1]))
+                    phrase = None
+            rows.append(torch.stack(found) if found else run.embeds.new_zeros(0, run.embeds.shape[-1]))
+        return rows
 
     def _seg_hidden(self, run: _LMRun) -> list[torch.Tensor]:
         """Per row, the last-layer hidden states at its ``[SEG]`` tokens: ``(K_b, D)``."""
@@ -259,20 +284,21 @@ class FiFaMLLM(nn.Module):
             gate = self.mask_decoder.concept_pick
             if gate is not None and seg_concepts is not None and len(seg_concepts) != images.shape[0]:
                 raise ValueError(f"seg_concepts has {len(seg_concepts)} entries for {images.shape[0]} images")
+            phrases = self._seg_phrases(run) if gate is not None else [None] * images.shape[0]
             for b, hidden in enumerate(self._seg_hidden(run)):
                 target = seg_masks[b]
                 if target.ndim != 3 or tuple(target.shape[1:]) != (size, size) or target.shape[0] != hidden.shape[0]:
                     raise ValueError(f"row {b} has {hidden.shape[0]} {SEG_TOKEN} tokens, so seg_masks[{b}] must be "
                                      f"({hidden.shape[0]}, {size}, {size}); got {tuple(target.shape)}")
                 if hidden.shape[0]:
-                    logits.append(run.seg_masks(self.mask_decoder, b, hidden))
+                    logits.append(run.seg_masks(self.mask_decoder, b, hidden, phrases[b]))
                     targets.append(target.to(run.pixel.dtype))
                     if gate is not None and seg_concepts is not None:
                         wanted = seg_concepts[b]
                         if tuple(wanted.shape) != (hidden.shape[0], c.parsing_classes + 1):
                             raise ValueError(f"seg_concepts[{b}] must be ({hidden.shape[0]}, "
                                              f"{c.parsing_classes + 1}), got {tuple(wanted.shape)}")
-                        picks.append(gate(hidden))
+                        picks.append(gate(phrases[b]))
                         pick_targets.append(wanted.to(hidden.dtype))
             if logits:
                 bce, dice = _mask_losses(torch.cat(logits), torch.cat(targets))
@@ -454,11 +480,14 @@ class FiFaMLLM(nn.Module):
                         output_hidden_states=True)
         size = self.config.image_size
         responses = []
+        gated = self.mask_decoder.concept_pick is not None
+        phrases = self._seg_phrases(run) if gated else [None] * len(answer_rows)
         for b, (hidden, ids) in enumerate(zip(self._seg_hidden(run), answer_rows)):
             # only the answer's [SEG] tokens own masks; a [SEG] typed into the prompt does not
-            hidden = hidden[hidden.shape[0] - ids.count(seg):]
+            first = hidden.shape[0] - ids.count(seg)
+            hidden, phrase = hidden[first:], phrases[b][first:] if gated else None
             if hidden.shape[0]:
-                masks = (run.seg_masks(self.mask_decoder, b, hidden) > 0).cpu().numpy()
+                masks = (run.seg_masks(self.mask_decoder, b, hidden, phrase) > 0).cpu().numpy()
             else:
                 masks = np.zeros((0, size, size), dtype=bool)
             text = self.tokenizer.decode(ids, skip_special_tokens=False)

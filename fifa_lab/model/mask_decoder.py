@@ -86,15 +86,17 @@ class MaskDecoder(nn.Module):
         return x
 
     def forward(self, seg_hidden: torch.Tensor, pixel_embeds: torch.Tensor,
-                parse_logits: torch.Tensor | None = None) -> torch.Tensor:
+                parse_logits: torch.Tensor | None = None, phrases: torch.Tensor | None = None) -> torch.Tensor:
         """Mask logits ``(K, H, W)`` for ``seg_hidden`` ``(K, D_lm)`` over one image's ``(C, H/4, W/4)``;
-        a gated decoder also needs that image's parsing logits ``(L, H/4, W/4)``."""
+        a gated decoder also needs that image's parsing logits ``(L, H/4, W/4)`` and the ``[SEG]``s'
+        phrase embeddings ``(K, D_lm)`` (``FiFaMLLM._seg_phrases``)."""
         queries = self.query_proj(seg_hidden)  # (K, C)
         low = torch.einsum("kc,chw->khw", queries, pixel_embeds)
         if self.concept_pick is not None:
-            if parse_logits is None:
-                raise ValueError("the concept gate needs the image's parsing logits (L, H/4, W/4)")
-            mass = gate_mass(self.concept_pick(seg_hidden), parse_logits)
+            if parse_logits is None or phrases is None:
+                raise ValueError("the concept gate needs the image's parsing logits (L, H/4, W/4) and the "
+                                 "phrase embeddings (K, D)")
+            mass = gate_mass(self.concept_pick(phrases), parse_logits)
             low = low + self.query_bias(seg_hidden)[:, :, None] + mass.clamp_min(GATE_FLOOR).log()
         full = self.config.image_size
         return F.interpolate(low[:, None], size=(full, full), mode="bilinear", align_corners=False)[:, 0]
