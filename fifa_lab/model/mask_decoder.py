@@ -26,7 +26,7 @@ from torch import nn
 from fifa_lab.model.config import FiFaConfig
 
 GATE_FLOOR = 1e-4  # the least probability mass the gate passes: outside the picked concept a logit drops by ~9
-PICK_PRIOR = -4.0  # initial pick logits: a phrase names a few of the ~113 classes, so start near "not picked"
+PICK_PRIOR = -4.0  # initial class pick logits: a phrase names a few of the ~113 classes, so start near "not picked"
 
 
 def gate_mass(pick_logits: torch.Tensor, parse_logits: torch.Tensor) -> torch.Tensor:
@@ -66,8 +66,12 @@ class MaskDecoder(nn.Module):
             nn.Conv2d(3, stem, 3, stride=2, padding=1), nn.GroupNorm(1, stem), nn.GELU(),
             nn.Conv2d(stem, dim, 3, stride=2, padding=1)) if stem else None
         if config.concept_gate:
-            self.concept_pick = nn.Linear(config.lm_hidden_size, config.parsing_classes + 1)  # classes, open
-            nn.init.constant_(self.concept_pick.bias, PICK_PRIOR)
+            # normalised: raw token embeddings are ~0.02 a coordinate, which left the pick at its prior
+            # for hundreds of steps
+            self.concept_pick = nn.Sequential(nn.LayerNorm(config.lm_hidden_size),
+                                              nn.Linear(config.lm_hidden_size, config.parsing_classes + 1))
+            nn.init.constant_(self.concept_pick[-1].bias, PICK_PRIOR)
+            nn.init.zeros_(self.concept_pick[-1].bias[-1:])  # open at 0.5: the gate starts out of the way
             # a per-query offset: "all of the picked concept" needs a logit above 0 everywhere inside it
             self.query_bias = nn.Linear(config.lm_hidden_size, 1)
         else:
