@@ -5,10 +5,11 @@ named concept. The query can only select what the pixel embeddings separate, and
 concepts from the few samples whose target mask happens to be that concept (about ten per concept in the
 default run): the default model then found no concept at all (RSeg mIoU 0.0). Every training image already
 carries its FICT label map, so this head classifies each pixel embedding into its leaf concept (face
-parsing, as the FICT is built from), on every sample whatever its task, so that a query only has to point
-along a direction the embeddings already have. Measured in the default run: AGE mask mIoU 0.009 -> 0.034
-and Loc 0.735 -> 0.761, but RSeg queries still decode to empty masks (0.0). Weighted by
-``FiFaConfig.parsing_weight`` (0 = no head, no loss).
+parsing, as the FICT is built from), on every sample whatever its task. Measured in the default run: AGE
+mask mIoU 0.009 -> 0.034 and Loc 0.735 -> 0.761, but RSeg queries still decoded to empty masks (0.0):
+a query alone did not learn to point at a concept. The concept gate of the mask decoder
+(``mask_decoder.py``) therefore confines each ``[SEG]`` mask to this head's probability of the concept its
+phrase names. Weighted by ``FiFaConfig.parsing_weight`` (0 = no head, no loss, no gate).
 """
 from __future__ import annotations
 

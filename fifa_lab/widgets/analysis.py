@@ -378,7 +378,7 @@ def mask_phrases(text: str) -> list[str]:
 def phrase_concepts(tree: ConceptTree, phrases: Sequence[str]) -> list[list[str]]:
     """For each phrase, the readable path from the root to the FICT concept it names ("the left eye" ->
     ``["face image", "eyes", "left eye"]``); an empty list when it names none (same reading as the
-    grounding-consistency metric, :func:`fifa_lab.eval.age.resolve_phrase`)."""
+    grounding-consistency metric, :func:`fifa_lab.fict.names.resolve_phrase`)."""
     paths = []
     for phrase in phrases:
         concept = resolve_phrase(phrase, tree)
