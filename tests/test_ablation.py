@@ -70,6 +70,15 @@ def test_a_rerun_reads_finished_arms_back_and_a_new_budget_retrains(main_run, ta
     log = (main_run / "ablations" / "no_aux" / "model" / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == [1, 2, 3]  # started afresh, not resumed from step 2
     assert row["settings"]["budget"]["steps"] == 3
+    # a result of another architecture (here: one stored before the concept gate) is not read back
+    stored_path = main_run / "ablations" / "full" / "result.json"
+    stored = json.loads(stored_path.read_text())
+    assert stored["settings"]["model"]["concept_gate"] is True
+    stored["settings"]["model"]["concept_gate"] = False
+    stored_path.write_text(json.dumps(stored))
+    monkeypatch.setattr("fifa_lab.train.train", no_training)
+    with pytest.raises(AssertionError, match="must not train again"):
+        run_ablation(main_run, "full", BUDGET, per_task=2, max_new_tokens=8)
 
 
 def test_bad_arms_budgets_and_missing_data_are_clear_errors(main_run, tmp_path):

@@ -117,8 +117,10 @@ def run_ablation(run_dir: str | os.PathLike, arm: str | Ablation, budget: Ablati
 
     The row holds the :data:`COLUMNS` metrics on ``per_task`` seeded Loc and AGE samples of the main run's
     test split (the same samples for every arm) and what produced them (budget, seed, counts, checkpoint
-    hash, package versions). A finished arm with the same settings is read back, not rerun.
+    hash, package versions). A finished arm with the same settings (the model's whole config among them)
+    is read back, not rerun.
     """
+    from fifa_lab.model.config import FiFaConfig
     from fifa_lab.train import TrainConfig, train
     from fifa_lab.train.recipe import ModelChoice, prepare_model
 
@@ -133,9 +135,12 @@ def run_ablation(run_dir: str | os.PathLike, arm: str | Ablation, budget: Ablati
     folder = run_dir / ABLATION_DIR / arm.name
     # the main recipe's mixture with the arm's changes on top, so "full" trains as notebook 04 does
     ratios = {**DEFAULT_TASK_RATIOS, **arm.task_ratios}
+    # the model's whole config, defaults included: a result from another architecture (say, before a
+    # new head) must be retrained, not read back
+    model = FiFaConfig(**budget.model_config).to_dict()
     settings = {"arm": dataclasses.asdict(arm), "budget": dataclasses.asdict(budget), "per_task": per_task,
                 "seed": seed, "max_new_tokens": max_new_tokens, "tasks": list(ABLATION_TASKS),
-                "task_ratios": ratios}
+                "task_ratios": ratios, "model": model}
     settings = json.loads(json.dumps(settings))  # tuples and mappings as JSON reads them back
     result_path = folder / RESULT_FILE
     if result_path.exists():
