@@ -227,10 +227,13 @@ class FiFaMLLM(nn.Module):
                       fake_logits=fake_logits, artifact_logits=artifact_logits, evidence=evidence,
                       parse_logits=parse_logits, embeds=embeds)
 
-    def _seg_phrases(self, run: _LMRun) -> list[torch.Tensor]:
+    def _seg_phrases(self, run: _LMRun) -> list[torch.Tensor | None]:
         """Per row, one ``(K_b, D)`` embedding per ``[SEG]``: the mean input embedding of the tokens of the
         last ``<p>...</p>`` phrase since the previous ``[SEG]`` (zeros where there is none). The concept
-        gate reads the name from here rather than from the LM's state at ``[SEG]``."""
+        gate reads the name from here rather than from the LM's state at ``[SEG]``. ``None`` per row
+        without a gate."""
+        if self.mask_decoder.concept_pick is None:
+            return [None] * run.input_ids.shape[0]
         start, end, seg = (self.token_ids[t] for t in (PHRASE_START, PHRASE_END, SEG_TOKEN))
         rows = []
         for b, (ids, mask) in enumerate(zip(run.input_ids.tolist(), run.attention_mask.tolist())):
@@ -284,7 +287,7 @@ class FiFaMLLM(nn.Module):
             gate = self.mask_decoder.concept_pick
             if gate is not None and seg_concepts is not None and len(seg_concepts) != images.shape[0]:
                 raise ValueError(f"seg_concepts has {len(seg_concepts)} entries for {images.shape[0]} images")
-            phrases = self._seg_phrases(run) if gate is not None else [None] * images.shape[0]
+            phrases = self._seg_phrases(run)
             for b, hidden in enumerate(self._seg_hidden(run)):
                 target = seg_masks[b]
                 if target.ndim != 3 or tuple(target.shape[1:]) != (size, size) or target.shape[0] != hidden.shape[0]:
@@ -480,12 +483,10 @@ class FiFaMLLM(nn.Module):
                         output_hidden_states=True)
         size = self.config.image_size
         responses = []
-        gated = self.mask_decoder.concept_pick is not None
-        phrases = self._seg_phrases(run) if gated else [None] * len(answer_rows)
-        for b, (hidden, ids) in enumerate(zip(self._seg_hidden(run), answer_rows)):
+        for b, (hidden, phrase, ids) in enumerate(zip(self._seg_hidden(run), self._seg_phrases(run), answer_rows)):
             # only the answer's [SEG] tokens own masks; a [SEG] typed into the prompt does not
             first = hidden.shape[0] - ids.count(seg)
-            hidden, phrase = hidden[first:], phrases[b][first:] if gated else None
+            hidden, phrase = hidden[first:], None if phrase is None else phrase[first:]
             if hidden.shape[0]:
                 masks = (run.seg_masks(self.mask_decoder, b, hidden, phrase) > 0).cpu().numpy()
             else:

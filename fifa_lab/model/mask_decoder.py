@@ -8,14 +8,15 @@ rather than the patch grid.
 cheek"), and its mask should lie in that concept: that is what grounding consistency measures and what
 RSeg asks for outright. Without help a ``[SEG]`` query has to find a concept's pixels from the few samples
 naming it, and the default model found none (RSeg mIoU 0.0, teacher-forced best-threshold IoU 0.04, while
-the parsing head's own argmax reached 0.34 on the same concepts). So each ``[SEG]`` hidden state also
-*picks* parsing classes (a sigmoid per class, trained against the leaves of the concept its phrase
-names) or says that its phrase names no concept (an "open" sigmoid, for Loc's "manipulated area"), and
+the parsing head's own argmax reached 0.34 on the same concepts). So each ``[SEG]`` also *picks*, from
+its phrase's token embeddings, parsing classes (a sigmoid per class, trained against the leaves of the
+concept the phrase names) or says that its phrase names no concept (an "open" sigmoid, for Loc's "manipulated area"), and
 the mask logit adds ``log`` of the parsing head's probability mass on the picked classes (1 when open):
 about 0 inside the named concept, about ``log(GATE_FLOOR)`` outside. The query then only has to say
 *what* to mark (all of the concept for RSeg, its artifacts for AGE), and a parent concept is the union
 of its leaves for free. The pick's loss sums its per-class BCE: averaged over 113 classes, the one or
-few named leaves hardly counted and the pick stayed at the class prior (tried in the default run).
+few named leaves hardly counted and the pick stayed at the class prior (tried in the default run; read
+from the LM's state at ``[SEG]`` instead of the phrase, it stayed there too).
 """
 from __future__ import annotations
 
