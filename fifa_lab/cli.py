@@ -101,12 +101,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--task-ratios", default="Det=2", metavar="'Det=2, RSeg=0'",
                        help="task mixture (missing = 1; the default is fifa_lab.train.trainer.DEFAULT_TASK_RATIOS)")
     train.add_argument("--eval-every", type=int, default=defaults["eval_every"])
-    train.add_argument("--eval-samples", type=int, default=defaults["eval_samples"])
+    train.add_argument("--eval-samples", type=_sample_count, default=defaults["eval_samples"], metavar="N|all",
+                       help="validation samples per metric at each evaluation (default: all)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=_train)
     return parser
+
+
+def _sample_count(text: str) -> int | None:
+    """``--eval-samples``: a positive count, or ``all`` (None: the whole validation split)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a count nor 'all'") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{count} is not a positive count (use 'all' for the whole split)")
+    return count
 
 
 def _pipeline(args: argparse.Namespace) -> None:

@@ -48,12 +48,12 @@ PROFILES: dict[str, dict[str, Any]] = {
               "ablation_faces": 4, "ablation_steps": 2, "ablation_per_task": 1},
     # default: the run `make pipeline` does on a 2-core CPU (training about 15 minutes).
     "default": {"seed": 0, "n_faces": 8, "reliability_faces": 25, "dataset_faces": 1500,
-                "train_steps": 1600, "batch_size": 8, "eval_every": 400, "eval_samples": 48, "examples": 4,
+                "train_steps": 1600, "batch_size": 8, "eval_every": 400, "eval_samples": None, "examples": 4,
                 "eval_per_task": 40, "max_new_tokens": 256, "expert_budget_s": 120,
                 "robustness_per_task": 20, "ablation_faces": 160, "ablation_steps": 100, "ablation_per_task": 8},
     # full: bigger data and longer training, for a workstation or GPU.
     "full": {"seed": 0, "n_faces": 16, "reliability_faces": 100, "dataset_faces": 5000,
-             "train_steps": 8000, "batch_size": 16, "eval_every": 1000, "eval_samples": 128, "examples": 6,
+             "train_steps": 8000, "batch_size": 16, "eval_every": 1000, "eval_samples": None, "examples": 6,
              "eval_per_task": 200, "max_new_tokens": 256, "expert_budget_s": 900,
              "robustness_per_task": 100, "ablation_faces": 1500, "ablation_steps": 1600,
              "ablation_per_task": 100},

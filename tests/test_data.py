@@ -43,6 +43,7 @@ from fifa_lab.tasks import (
     IMAGE_TOKEN,
     NO_ARTIFACT,
     REGION_TOKEN,
+    RSEG_ANSWER,
     SEG_TOKEN,
     TASKS,
     Task,
@@ -288,6 +289,7 @@ def test_real_images_get_sensible_targets(records):
     # RSeg works on real images: the mask is the named concept's visible area.
     rseg = targets["RSeg"]
     concept = json.loads(rseg["meta"])["concept"]
+    assert f"<p>{load_tree().get(concept).name}</p>" in rseg["prompt"] and rseg["target"] == RSEG_ANSWER
     visible = load_tree().visible_masks(decode_label_map(real["label_map"]))[concept]
     assert np.array_equal(decode_rle(rseg["target_masks"][0]), visible)
 

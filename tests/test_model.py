@@ -12,6 +12,7 @@ import torch
 from fifa_lab.model import FiFaConfig, FiFaMLLM, Response, build_tiny, parse_phrases, train_tokenizer
 from fifa_lab.model.parsing_head import IGNORE_LABEL
 from fifa_lab.model.region_encoder import boxes_to_masks
+from fifa_lab.tasks.fifa11 import RSEG_ANSWER
 from fifa_lab.tasks.registry import IMAGE_TOKEN, REGION_TOKEN, SEG_TOKEN
 
 SIZE = 64
@@ -386,3 +387,10 @@ def test_seg_phrases_are_the_mean_embedding_of_the_phrase_before_each_seg(model:
                 table[ids[starts[2] + 1:ends[2]]].mean(0)]  # the last phrase before a [SEG] names it
     for got, want in zip(phrases, expected):
         assert torch.allclose(got, want, atol=1e-6)
+    # RSeg: the phrase is in the prompt and the answer only places the [SEG]
+    encoded = model.encode(["<image>\nSegment the <p>left eye</p>."], [RSEG_ANSWER])
+    run = model._run(torch.rand(1, 3, SIZE, SIZE), encoded["input_ids"], encoded["attention_mask"])
+    ids = run.input_ids[0].tolist()
+    inside = slice(ids.index(model.token_ids["<p>"]) + 1, ids.index(model.token_ids["</p>"]))
+    assert model.tokenizer.decode(ids[inside]).strip() == "left eye"
+    assert torch.allclose(model._seg_phrases(run)[0], run.embeds[0, inside].mean(0, keepdim=True), atol=1e-6)

@@ -18,6 +18,7 @@ from fifa_lab.model import FiFaMLLM, build_tiny
 from fifa_lab.train import SampleDataset, TrainConfig, checkpoints, collate, train
 from fifa_lab.fict import load_tree
 from fifa_lab.train.data import parsing_target, pick_targets, seg_concepts
+from fifa_lab.tasks.fifa11 import RSEG_ANSWER
 
 SIZE = 64
 TINY = dict(image_size=SIZE, patch_size=16, vision_hidden_size=32, vision_layers=1, vision_heads=2,
@@ -90,6 +91,8 @@ def test_concept_gate_targets_are_the_leaves_each_phrase_names(data_dir: Path) -
               "<p>manipulated area</p> [SEG] and a bare [SEG].")
     picks = seg_concepts(target, tree)
     assert picks == [leaves("cheek_left"), leaves("cheeks"), None, None]
+    # RSeg names its concept in the prompt; the answer's [SEG] grounds it
+    assert seg_concepts(f"<image>\nSegment the <p>left cheek</p>. {RSEG_ANSWER}", tree) == [leaves("cheek_left")]
     assert len(picks[1]) > len(picks[0]) and set(picks[0]) < set(picks[1])  # a parent is its leaves' union
     targets = pick_targets(picks, 113)
     assert targets.shape == (4, 114) and targets[2:, -1].eq(1).all() and targets[2:, :-1].eq(0).all()

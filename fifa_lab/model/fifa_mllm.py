@@ -422,7 +422,7 @@ class FiFaMLLM(nn.Module):
             output = self.lm(inputs_embeds=embed(tokens[:, None]), attention_mask=attention, position_ids=positions,
                              use_cache=True, **cache)
             positions = positions + 1
-        return self._ground_batch(images, prompts, answers, regions)
+        return self.ground_batch(images, prompts, answers, regions)
 
     def _batch_tensors(self, images: Sequence[np.ndarray], prompts: Sequence[str],
                        regions: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -461,12 +461,17 @@ class FiFaMLLM(nn.Module):
         One pass over ``prompt + answer`` gives the hidden state at each ``[SEG]`` of the answer; each
         becomes a mask (logit > 0). ``masks`` has exactly one entry per ``[SEG]``.
         """
-        return self._ground_batch([image], [prompt], [answer], [region])[0]
+        return self.ground_batch([image], [prompt], [answer], [region])[0]
 
-    def _ground_batch(self, images: Sequence[np.ndarray], prompts: Sequence[str],
-                      answers: Sequence[str | Sequence[int]], regions: Sequence[Any]) -> list[Response]:
+    @torch.no_grad()
+    def ground_batch(self, images: Sequence[np.ndarray], prompts: Sequence[str],
+                     answers: Sequence[str | Sequence[int]], regions: Sequence[Any] | None = None) -> list[Response]:
         """:meth:`ground` for several answers in one right-padded pass (padding after a row's last token
         changes none of its hidden states)."""
+        regions = [None] * len(prompts) if regions is None else list(regions)
+        if not len(images) == len(prompts) == len(answers) == len(regions):
+            raise ValueError(f"{len(images)} images, {len(prompts)} prompts, {len(answers)} answers and "
+                             f"{len(regions)} regions: give one of each per answer")
         pixels, region_batch = self._batch_tensors(images, prompts, regions)
         skip = {self.token_ids[t] for t in (self.config.pad_token, self.config.bos_token, self.config.eos_token)}
         seg = self.token_ids[SEG_TOKEN]

@@ -12,8 +12,8 @@ from fifa_lab.tasks.registry import (
     register_task,
     task_rng,
 )
-from fifa_lab.tasks.fifa11 import FIFA11, NO_ARTIFACT, build_samples, format_box, parse_boxes
+from fifa_lab.tasks.fifa11 import FIFA11, NO_ARTIFACT, RSEG_ANSWER, build_samples, format_box, parse_boxes
 
-__all__ = ["FIFA11", "IMAGE_TOKEN", "NO_ARTIFACT", "REGION_KINDS", "REGION_TOKEN", "SAMPLE_FEATURES", "SEG_TOKEN",
+__all__ = ["FIFA11", "IMAGE_TOKEN", "NO_ARTIFACT", "REGION_KINDS", "REGION_TOKEN", "RSEG_ANSWER", "SAMPLE_FEATURES", "SEG_TOKEN",
            "TASKS", "Task", "build_samples", "format_box", "get_task", "make_sample", "parse_boxes",
            "register_task", "task_rng"]

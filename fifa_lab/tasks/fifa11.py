@@ -7,7 +7,12 @@ Where targets come from (a record holds both the forge's ground truth and the an
 * explanations use the **annotation**, as FiFa trains on annotator output: TOE (``toe_text``), AGE
   (``text`` and its segment masks), R-TOE / R-AGE / B-TOE (the annotator's segments that touch the
   region, their masks clipped to it), so text and masks of one sample always agree;
-* RSeg uses the label map: the named concept's visible mask.
+* RSeg uses the label map: the named concept's visible mask. Its prompt marks the concept as the phrase
+  (``Segment the <p>right concha</p>.``) and the answer only says where the mask goes
+  (:data:`RSEG_ANSWER`, GLaMM's referring-segmentation reply): the ``[SEG]`` grounds the last phrase
+  before it, here the prompt's, so the model need not write the name out again. When the answer had to
+  repeat it (``<p>right concha</p> [SEG]``) the default model wrote a different concept ("right eye")
+  and RSeg mIoU stayed at 0.003.
 
 Region tasks sample a FICT concept (leaf or parent, not the root) and show it as one of three kinds,
 drawn uniformly: ``concept`` (its id, named in the prompt, with its visible mask), ``mask`` (only the
@@ -37,6 +42,7 @@ from fifa_lab.tasks.registry import REGION_KINDS, SEG_TOKEN, Task, get_task, mak
 
 NO_ARTIFACT = "no artifact"
 LOC_PHRASE = "manipulated area"
+RSEG_ANSWER = f"Sure, it is {SEG_TOKEN}."
 MAX_BOXES = 8
 MIN_BOX_SHARE = 0.001  # B-Loc ignores artifact specks smaller than this share of the image
 MIN_REGION_SHARE = 16 / 256**2  # regions smaller than 16 px of a 256 px image are too small to ask about
@@ -324,7 +330,7 @@ def _build_rseg(record, rng, tree=None):
     concept = view.concepts[row]
     name = view.tree.get(concept).name
     prompt, template = RSEG.prompt(rng, concept=name)
-    return [make_sample(view.record, RSEG, 0, prompt, f"<p>{name}</p> {SEG_TOKEN}",
+    return [make_sample(view.record, RSEG, 0, prompt, RSEG_ANSWER,
                         [encode_rle(view.concept_mask(row))], template=template, concept=concept)]
 
 
@@ -402,10 +408,10 @@ B_LOC = register_task(Task(
     _build_b_loc, ("box_iou", "ap50")))
 
 RSEG = register_task(Task(
-    "RSeg", "concept", "Segment the named FICT concept: '<p>name</p> [SEG]'.",
-    ("<image>\nSegment the {concept}.",
-     "<image>\nWhere is the {concept} in this face? Give its mask.",
-     "Please segment the {concept} in <image>."),
+    "RSeg", "concept", "Segment the FICT concept the prompt names as <p>name</p>: 'Sure, it is [SEG].'.",
+    ("<image>\nSegment the <p>{concept}</p>.",
+     "<image>\nWhere is the <p>{concept}</p> in this face? Give its mask.",
+     "Please segment the <p>{concept}</p> in <image>."),
     _build_rseg, ("miou",)))
 
 FIFA11 = ("Det", "Cls", "TOE", "Loc", "AGE", "R-Det", "R-TOE", "R-AGE", "B-TOE", "B-Loc", "RSeg")

@@ -71,12 +71,14 @@ def parsing_target(label_map: Any, size: int) -> torch.Tensor:
     return torch.from_numpy(labels).long()
 
 
-def seg_concepts(target: str, tree: ConceptTree) -> list[tuple[int, ...] | None]:
-    """Per ``[SEG]`` of ``target``, the parsing classes (leaf index + 1) of the concept its phrase names:
-    the phrase is the last ``<p>...</p>`` before that ``[SEG]``. ``None`` where there is no phrase or it
-    names no concept (Loc's "manipulated area"): the concept gate then opens."""
+def seg_concepts(text: str, tree: ConceptTree) -> list[tuple[int, ...] | None]:
+    """Per ``[SEG]`` of ``text`` (prompt then answer), the parsing classes (leaf index + 1) of the concept
+    its phrase names: the phrase is the last ``<p>...</p>`` since the previous ``[SEG]``, in the answer
+    (AGE) or in the prompt (RSeg), as :meth:`~fifa_lab.model.FiFaMLLM._seg_phrases` reads it. ``None``
+    where there is no phrase or it names no concept (Loc's "manipulated area"): the concept gate then
+    opens."""
     picks = []
-    for before in target.split(SEG_TOKEN)[:-1]:
+    for before in text.split(SEG_TOKEN)[:-1]:
         phrases = parse_phrases(before)
         concept = resolve_phrase(phrases[-1], tree) if phrases else None
         picks.append(None if concept is None else
@@ -149,7 +151,7 @@ class SampleDataset(Dataset):
             "is_fake": float(record["label"] == "fake"),
             "artifact_mask": torch.from_numpy(resize_mask(decode_rle(record["artifact_mask"]), size)).float(),
             "label_map": parsing_target(record["label_map"], size),
-            "seg_concepts": seg_concepts(row["target"], self.tree),
+            "seg_concepts": seg_concepts(f"{row['prompt']} {row['target']}", self.tree),
         }
 
     def weights(self) -> np.ndarray:
