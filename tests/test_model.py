@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from fifa_lab.artifacts import FORGERY_CLASSES
 from fifa_lab.model import FiFaConfig, FiFaMLLM, Response, build_tiny, parse_phrases, train_tokenizer
 from fifa_lab.model.parsing_head import IGNORE_LABEL
 from fifa_lab.model.region_encoder import boxes_to_masks
@@ -78,6 +79,26 @@ def test_forgery_loss_is_detection_peak_and_artifact_terms(model: FiFaMLLM, batc
                          + c.forgery_weight * out["forgery"])
     with pytest.raises(ValueError, match="is_fake must be"):
         model(**batch, is_fake=is_fake[:1], artifact_masks=artifact)
+    # the forgery classes add their cross-entropy (a real image, then an FE one)
+    classes = torch.tensor([0, 3])
+    with_classes = model(**batch, is_fake=is_fake, artifact_masks=artifact, forgery_classes=classes)
+    assert run.class_logits.shape == (2, len(FORGERY_CLASSES))
+    cross_entropy = torch.nn.functional.cross_entropy(run.class_logits, classes)
+    assert torch.isclose(with_classes["forgery"], expected + cross_entropy)
+    with pytest.raises(ValueError, match="forgery_classes must be"):
+        model(**batch, is_fake=is_fake, artifact_masks=artifact, forgery_classes=classes[:1])
+
+
+def test_forensic_token_reads_the_forgery_class_probabilities(model: FiFaMLLM) -> None:
+    head = model.forgery_head
+    evidence = torch.tensor([[1.0, -2.0, 0.1]])
+    first, second = (torch.nn.functional.one_hot(torch.tensor([k]), len(FORGERY_CLASSES)).float() * 20
+                     for k in (1, 4))
+    assert not torch.allclose(head.token(evidence, first), head.token(evidence, second))
+    with pytest.raises(ValueError, match="forgery classes"):
+        head.token(evidence)
+    with pytest.raises(ValueError, match="forgery_classes must be 0"):
+        FiFaConfig(**TINY, vocab_size=10, forgery_classes=3)
 
 
 def test_parsing_loss_reads_cell_centres_ignores_unknown_and_rejects_foreign_classes(model: FiFaMLLM,
@@ -135,6 +156,20 @@ def test_checkpoint_from_before_the_concept_gate_loads_without_it(tmp_path) -> N
     image = np.full((SIZE, SIZE, 3), 90, np.uint8)
     answer = "<p>the mouth</p> [SEG]"
     assert np.array_equal(loaded.ground(image, PROMPTS[0], answer).masks, old.eval().ground(image, PROMPTS[0], answer).masks)
+
+
+def test_checkpoint_from_before_the_forgery_classes_loads_without_them(tmp_path) -> None:
+    torch.manual_seed(0)
+    old = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, forgery_classes=0)
+    old.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["forgery_classes"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    loaded = FiFaMLLM.from_pretrained(tmp_path / "old")
+    assert loaded.forgery_head.classify is None and loaded.config.forgery_classes == 0
+    image = np.full((SIZE, SIZE, 3), 90, np.uint8)
+    assert loaded.generate(image, PROMPTS[0], max_new_tokens=6).text == old.eval().generate(
+        image, PROMPTS[0], max_new_tokens=6).text
 
 
 def test_concept_gate_confines_a_mask_to_the_picked_parsing_classes() -> None:

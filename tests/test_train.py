@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fifa_lab.artifacts import FORGERY_CLASSES
 from fifa_lab.data.build import build_dataset, load_datasets
 from fifa_lab.data.records import decode_label_map
 from fifa_lab.model.parsing_head import IGNORE_LABEL
@@ -72,6 +73,10 @@ def test_dataset_ratios_and_collate(data_dir: Path) -> None:
     batch = collate(model)(rows)
     assert batch["images"].shape == (4, 3, SIZE, SIZE) and batch["regions"].shape == (4, SIZE, SIZE)
     assert [m.shape[1:] for m in batch["seg_masks"]] == [(SIZE, SIZE)] * 4
+    # the forgery head's class label is the image's forgery class
+    picked = [i for i in range(len(full)) if full.tasks[i] in ("Loc", "R-Det")][:4]
+    classes = [data.images["train"][int(data.samples["train"][i]["image_index"])]["forgery_class"] for i in picked]
+    assert [FORGERY_CLASSES[k] for k in batch["forgery_classes"].tolist()] == classes
     # the parsing target is the stored FICT label map, shifted so 0 is "no concept"
     record = data.images["train"][int(data.samples["train"][0]["image_index"])]
     stored = decode_label_map(record["label_map"])

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fifa_lab.artifacts import FORGERY_CLASSES
 from fifa_lab.tasks.registry import IMAGE_TOKEN, REGION_TOKEN, SEG_TOKEN
 
 PHRASE_START = "<p>"
@@ -62,6 +63,9 @@ class FiFaConfig:
     # weight is that of the pick's loss (mask_decoder.pick_loss)
     concept_gate: bool = True
     concept_weight: float = 0.2
+    # forgery classes the forgery head tells apart (fifa_lab.artifacts.FORGERY_CLASSES: real, FS, FR, FE,
+    # EFS; trained by cross-entropy inside the forgery loss) and hands to the forensic token; 0 = none
+    forgery_classes: int = 5
     # the LM also reads the forgery head's evidence (artifact map peak, mean, covered share) as one more
     # image token, so "is it fake" and "where" can lean on the densely supervised head
     forensic_token: bool = True
@@ -80,6 +84,9 @@ class FiFaConfig:
             raise ValueError(f"image_size must be a multiple of 4 (the pixel decoder works at 1/4), got {self.image_size}")
         if self.parsing_classes < 2:
             raise ValueError(f"parsing_classes must be >= 2 (leaves + 'no concept'), got {self.parsing_classes}")
+        if self.forgery_classes not in (0, len(FORGERY_CLASSES)):
+            raise ValueError(f"forgery_classes must be 0 (none) or {len(FORGERY_CLASSES)} "
+                             f"({', '.join(FORGERY_CLASSES)}), got {self.forgery_classes}")
         if self.concept_gate and not self.parsing_weight:
             raise ValueError("concept_gate reads the parsing head, which parsing_weight=0 switches off; "
                              "set concept_gate=False too")
@@ -127,9 +134,11 @@ class FiFaConfig:
     @classmethod
     def load(cls, path: str | Path) -> FiFaConfig:
         """A config written by :meth:`save`; one from before the parsing head (no ``parsing_weight``) or
-        the concept gate (no ``concept_gate``) loads without them, as its checkpoint has no weights for them."""
+        the concept gate (no ``concept_gate``) or the forgery classes (no ``forgery_classes``) loads without
+        them, as its checkpoint has no weights for them."""
         data = json.loads(Path(path).read_text())
         if isinstance(data, dict):
             data.setdefault("parsing_weight", 0.0)
             data.setdefault("concept_gate", False)
+            data.setdefault("forgery_classes", 0)
         return cls.from_dict(data)

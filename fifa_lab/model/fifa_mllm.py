@@ -80,6 +80,7 @@ class _LMRun:
     fake_logits: torch.Tensor  # (B,) the forgery head's detection logits
     artifact_logits: torch.Tensor  # (B, H, W) the forgery head's artifact-mask logits
     evidence: torch.Tensor  # (B, 3) the artifact map's peak, mean logit and covered share
+    class_logits: torch.Tensor | None  # (B, forgery_classes) the forgery head's, None without classes
     parse_logits: torch.Tensor | None  # (B, L + 1, H/4, W/4) the parsing head's, None without the head
     embeds: torch.Tensor  # (B, T', D) the LM's input embeddings
 
@@ -188,10 +189,10 @@ class FiFaMLLM(nn.Module):
         tokens = torch.cat([tokens, grid.mean((2, 3))[:, None]], 1)
         image_embeds = self.projector(tokens)  # (B, N, D)
         pixel = self.mask_decoder.pixel_embeddings(grid, images)  # (B, C, H/4, W/4)
-        fake_logits, artifact_logits, evidence = self.forgery_head(pixel)
+        fake_logits, artifact_logits, evidence, class_logits = self.forgery_head(pixel)
         parse_logits = self.parsing_head(pixel) if self.parsing_head is not None else None
         if self.config.forensic_token:  # the head's evidence as the last image token
-            image_embeds = torch.cat([image_embeds, self.forgery_head.token(evidence)[:, None]], 1)
+            image_embeds = torch.cat([image_embeds, self.forgery_head.token(evidence, class_logits)[:, None]], 1)
         embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, D)
 
         has_region = (input_ids == self.token_ids[REGION_TOKEN]).any(1)  # (B,)
@@ -225,7 +226,7 @@ class FiFaMLLM(nn.Module):
         output = self.lm(inputs_embeds=embeds, attention_mask=mask, labels=labels, **lm_kwargs)
         return _LMRun(output=output, input_ids=ids, attention_mask=mask, grid=grid, pixel=pixel,
                       fake_logits=fake_logits, artifact_logits=artifact_logits, evidence=evidence,
-                      parse_logits=parse_logits, embeds=embeds)
+                      class_logits=class_logits, parse_logits=parse_logits, embeds=embeds)
 
     def _seg_phrases(self, run: _LMRun) -> list[torch.Tensor | None]:
         """Per row, one ``(K_b, D)`` embedding per ``[SEG]``: the mean input embedding of the tokens of the
@@ -262,13 +263,15 @@ class FiFaMLLM(nn.Module):
                 labels: torch.Tensor | None = None, regions: torch.Tensor | None = None,
                 seg_masks: Sequence[torch.Tensor] | None = None, is_fake: torch.Tensor | None = None,
                 artifact_masks: torch.Tensor | None = None, label_maps: torch.Tensor | None = None,
-                seg_concepts: Sequence[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                seg_concepts: Sequence[torch.Tensor] | None = None,
+                forgery_classes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Training/eval pass.
 
         ``images`` ``(B, 3, H, W)`` in [0, 1]; ``input_ids``/``attention_mask``/``labels`` ``(B, T)`` from
         :meth:`encode`; ``regions`` ``(B, H, W)`` masks for rows with ``<region>`` (other rows ignored);
         ``seg_masks`` one ``(K_b, H, W)`` tensor per row, ``K_b`` = that row's ``[SEG]`` count;
-        ``is_fake`` ``(B,)`` and ``artifact_masks`` ``(B, H, W)`` the image labels of the forgery head;
+        ``is_fake`` ``(B,)``, ``artifact_masks`` ``(B, H, W)`` and ``forgery_classes`` ``(B,)`` long (index in
+        :data:`~fifa_lab.artifacts.FORGERY_CLASSES`) the image labels of the forgery head;
         ``label_maps`` ``(B, H, W)`` long the parsing head's (FICT leaf + 1, 0 = none, -100 = unknown);
         ``seg_concepts`` one ``(K_b, L + 2)`` 0/1 tensor per row: the parsing classes each ``[SEG]``'s phrase
         names, then 1 where it names none (the concept gate's targets, used with ``seg_masks``).
@@ -319,6 +322,11 @@ class FiFaMLLM(nn.Module):
             peak = run.evidence[:, 0]
             forgery = F.binary_cross_entropy_with_logits(run.fake_logits, label) \
                 + F.binary_cross_entropy_with_logits(peak, label) + sum(_mask_losses(run.artifact_logits, target))
+            if run.class_logits is not None and forgery_classes is not None:
+                if forgery_classes.shape != (images.shape[0],):
+                    raise ValueError(f"forgery_classes must be (B,) = ({images.shape[0]},); "
+                                     f"got {tuple(forgery_classes.shape)}")
+                forgery = forgery + F.cross_entropy(run.class_logits.float(), forgery_classes.long())
         if self.parsing_head is not None and label_maps is not None:
             if tuple(label_maps.shape) != (images.shape[0], size, size):
                 raise ValueError(f"label_maps must be (B, {size}, {size}); got {tuple(label_maps.shape)}")

@@ -16,6 +16,13 @@ faces too. With
 ``FiFaConfig.forensic_token`` the evidence also becomes one more token after the image patches, so the
 LM can answer "fake" and ask for a mask from what the densely supervised head found (as M2F2-Det hands
 its detector's output to its LLM).
+
+With ``FiFaConfig.forgery_classes`` the head also tells the forgery classes apart (real, FS, FR, FE,
+EFS), from what separates them: how much of the face the artifact map covers and where (a swap's
+blended inner face, a reenacted mouth, one edited attribute, a whole synthetic image), read from the
+evidence, the map pooled to a ``LAYOUT`` x ``LAYOUT`` grid and the mean pixel embedding. Its class
+probabilities join the forensic token. Without it the LM had to find the class in the patch tokens
+alone and the default run answered Cls with 0.55-0.73 accuracy at macro-F1 0.18-0.36.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ EVIDENCE_FEATURES = 3  # peak (mean of the top 0.25% logits), mean logit, covere
 # the peak's share of the map: 10 of 64 x 64 cells, less than a recoloured iris covers (about 12), so the
 # smallest edits are not averaged away
 PEAK_SHARE = 1 / 400
+LAYOUT = 4  # the class reading sees the artifact map pooled to LAYOUT x LAYOUT cells
 
 
 def artifact_evidence(low: torch.Tensor) -> torch.Tensor:
@@ -39,10 +47,11 @@ def artifact_evidence(low: torch.Tensor) -> torch.Tensor:
 
 
 class ForgeryHead(nn.Module):
-    """Pixel embeddings ``(B, C, H/4, W/4)`` -> fake logits ``(B,)``, artifact logits ``(B, H, W)`` and
-    evidence ``(B, 3)``.
+    """Pixel embeddings ``(B, C, H/4, W/4)`` -> fake logits ``(B,)``, artifact logits ``(B, H, W)``,
+    evidence ``(B, 3)`` and class logits ``(B, forgery_classes)`` (``None`` when ``forgery_classes`` is 0).
 
-    :meth:`token` turns the evidence into one LM embedding ``(B, D)`` (``forensic_token`` builds only).
+    :meth:`token` turns the evidence and class probabilities into one LM embedding ``(B, D)``
+    (``forensic_token`` builds only).
     """
 
     def __init__(self, config: FiFaConfig) -> None:
@@ -50,18 +59,33 @@ class ForgeryHead(nn.Module):
         self.config = config
         self.artifact = nn.Conv2d(config.mask_decoder_dim, 1, 1)
         self.detect = nn.Linear(EVIDENCE_FEATURES, 1)
-        # linear: the LM's own layers do the reading; the token only has to carry three numbers
-        self.to_token = nn.Linear(EVIDENCE_FEATURES, config.lm_hidden_size) if config.forensic_token else None
+        classes = config.forgery_classes
+        features = EVIDENCE_FEATURES + LAYOUT * LAYOUT + config.mask_decoder_dim
+        # an MLP: coverage and layout separate the classes only in combination (much and central: a swap)
+        self.classify = nn.Sequential(nn.LayerNorm(features), nn.Linear(features, config.mask_decoder_dim), nn.GELU(),
+                                      nn.Linear(config.mask_decoder_dim, classes)) if classes else None
+        # linear: the LM's own layers do the reading; the token only has to carry a few numbers
+        self.to_token = nn.Linear(EVIDENCE_FEATURES + classes, config.lm_hidden_size) \
+            if config.forensic_token else None
 
-    def forward(self, pixel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, pixel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         low = self.artifact(pixel)[:, 0]  # (B, H/4, W/4)
         evidence = artifact_evidence(low)
         size = self.config.image_size
         artifact = F.interpolate(low[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-        return self.detect(evidence)[:, 0], artifact, evidence
+        classes = None
+        if self.classify is not None:
+            layout = F.adaptive_avg_pool2d(low[:, None], LAYOUT).flatten(1)  # (B, LAYOUT**2)
+            classes = self.classify(torch.cat([evidence, layout, pixel.mean((2, 3))], 1))
+        return self.detect(evidence)[:, 0], artifact, evidence, classes
 
-    def token(self, evidence: torch.Tensor) -> torch.Tensor:
-        """Evidence ``(B, 3)`` -> the forensic token's embedding ``(B, D)``."""
+    def token(self, evidence: torch.Tensor, class_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Evidence ``(B, 3)`` and class logits ``(B, forgery_classes)`` (``None`` without classes) -> the
+        forensic token's embedding ``(B, D)``."""
         if self.to_token is None:
             raise RuntimeError("this model was built with forensic_token=False")
-        return self.to_token(evidence)
+        if (class_logits is None) != (self.classify is None):
+            raise ValueError(f"this head tells {self.config.forgery_classes} forgery classes apart: pass their "
+                             "logits" if self.classify is not None else "this head has no forgery classes")
+        features = evidence if class_logits is None else torch.cat([evidence, class_logits.softmax(-1)], 1)
+        return self.to_token(features)
