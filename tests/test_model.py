@@ -1,6 +1,7 @@
 """FiFa-MLLM model core: shapes, losses, grounding, persistence, regions, input validation, tokenizer."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import warnings
@@ -158,15 +159,33 @@ def test_checkpoint_from_before_the_concept_gate_loads_without_it(tmp_path) -> N
     assert np.array_equal(loaded.ground(image, PROMPTS[0], answer).masks, old.eval().ground(image, PROMPTS[0], answer).masks)
 
 
-def test_checkpoint_from_before_the_forgery_classes_loads_without_them(tmp_path) -> None:
+def test_forensic_condition_starts_as_a_no_op_and_shifts_every_position(model: FiFaMLLM, batch: dict) -> None:
+    without = copy.deepcopy(model)
+    without.config = dataclasses.replace(model.config, forensic_condition=False)
+    args = (batch["images"], batch["input_ids"], batch["attention_mask"])
+    run = model._run(*args, regions=batch["regions"])
+    assert run.condition.shape == (2, model.config.lm_hidden_size) and not run.condition.any()
+    assert torch.equal(run.output.logits, without._run(*args, regions=batch["regions"]).output.logits)
+    shifted = copy.deepcopy(model)
+    torch.nn.init.constant_(shifted.forgery_head.condition_gate, 1.0)
+    after = shifted._run(*args, regions=batch["regions"])
+    assert not torch.allclose(after.output.logits, run.output.logits)
+    assert torch.equal(after.embeds, run.embeds)  # the gate's phrase embeddings stay unconditioned
+    with pytest.raises(RuntimeError, match="forensic_condition=False"):
+        FiFaMLLM(dataclasses.replace(model.config, forensic_condition=False), model.tokenizer) \
+            .forgery_head.condition(run.evidence, run.class_logits)
+
+
+def test_checkpoint_from_before_the_forgery_classes_and_condition_loads_without_them(tmp_path) -> None:
     torch.manual_seed(0)
-    old = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, forgery_classes=0)
+    old = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, forgery_classes=0, forensic_condition=False)
     old.save_pretrained(tmp_path / "old")
     config = json.loads((tmp_path / "old" / "config.json").read_text())
-    del config["forgery_classes"]
+    del config["forgery_classes"], config["forensic_condition"]
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
     loaded = FiFaMLLM.from_pretrained(tmp_path / "old")
     assert loaded.forgery_head.classify is None and loaded.config.forgery_classes == 0
+    assert loaded.forgery_head.to_condition is None and not loaded.config.forensic_condition
     image = np.full((SIZE, SIZE, 3), 90, np.uint8)
     assert loaded.generate(image, PROMPTS[0], max_new_tokens=6).text == old.eval().generate(
         image, PROMPTS[0], max_new_tokens=6).text
@@ -246,7 +265,11 @@ def test_ground_gives_one_mask_per_seg(model: FiFaMLLM) -> None:
     assert IMAGE_TOKEN not in generated.text and REGION_TOKEN not in generated.text
 
 
-def test_cached_greedy_decoding_matches_decoding_without_a_cache(model: FiFaMLLM, batch: dict) -> None:
+@pytest.mark.parametrize("condition", [False, True])
+def test_cached_greedy_decoding_matches_decoding_without_a_cache(model: FiFaMLLM, batch: dict, condition: bool) -> None:
+    if condition:  # a forensic condition that is no longer zero must reach the cached steps too
+        model = copy.deepcopy(model)
+        torch.nn.init.constant_(model.forgery_head.condition_gate, 1.0)
     image = (batch["images"][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*past_key_values.*")  # the KV cache under its current name

@@ -69,6 +69,8 @@ class FiFaConfig:
     # the LM also reads the forgery head's evidence (artifact map peak, mean, covered share) as one more
     # image token, so "is it fake" and "where" can lean on the densely supervised head
     forensic_token: bool = True
+    # ... and has the same reading added to its input at every position (zero-initialised; see forgery_head.py)
+    forensic_condition: bool = True
     special_tokens: list[str] = field(
         default_factory=lambda: [IMAGE_TOKEN, REGION_TOKEN, PHRASE_START, PHRASE_END, SEG_TOKEN])
     pad_token: str = "<pad>"
@@ -134,11 +136,12 @@ class FiFaConfig:
     @classmethod
     def load(cls, path: str | Path) -> FiFaConfig:
         """A config written by :meth:`save`; one from before the parsing head (no ``parsing_weight``) or
-        the concept gate (no ``concept_gate``) or the forgery classes (no ``forgery_classes``) loads without
-        them, as its checkpoint has no weights for them."""
+        the concept gate (no ``concept_gate``), the forgery classes (no ``forgery_classes``) or the forensic
+        condition (no ``forensic_condition``) loads without them, as its checkpoint has no weights for them."""
         data = json.loads(Path(path).read_text())
         if isinstance(data, dict):
             data.setdefault("parsing_weight", 0.0)
             data.setdefault("concept_gate", False)
             data.setdefault("forgery_classes", 0)
+            data.setdefault("forensic_condition", False)
         return cls.from_dict(data)

@@ -81,6 +81,7 @@ class _LMRun:
     artifact_logits: torch.Tensor  # (B, H, W) the forgery head's artifact-mask logits
     evidence: torch.Tensor  # (B, 3) the artifact map's peak, mean logit and covered share
     class_logits: torch.Tensor | None  # (B, forgery_classes) the forgery head's, None without classes
+    condition: torch.Tensor | None  # (B, D) added to every LM input position, None without forensic_condition
     parse_logits: torch.Tensor | None  # (B, L + 1, H/4, W/4) the parsing head's, None without the head
     embeds: torch.Tensor  # (B, T', D) the LM's input embeddings
 
@@ -223,10 +224,13 @@ class FiFaMLLM(nn.Module):
             labels = _splice(labels, at, torch.full_like(ids[:, :num], IGNORE_INDEX))
         if not bool(mask[:, 0].all()):  # left padding (batched generation): positions count real tokens only
             lm_kwargs.setdefault("position_ids", (mask.cumsum(1) - 1).clamp(min=0))
-        output = self.lm(inputs_embeds=embeds, attention_mask=mask, labels=labels, **lm_kwargs)
+        condition = self.forgery_head.condition(evidence, class_logits) if self.config.forensic_condition else None
+        # embeds stay unconditioned in the run: the concept gate reads phrase embeddings from them
+        output = self.lm(inputs_embeds=embeds if condition is None else embeds + condition[:, None], attention_mask=mask,
+                         labels=labels, **lm_kwargs)
         return _LMRun(output=output, input_ids=ids, attention_mask=mask, grid=grid, pixel=pixel,
                       fake_logits=fake_logits, artifact_logits=artifact_logits, evidence=evidence,
-                      class_logits=class_logits, parse_logits=parse_logits, embeds=embeds)
+                      class_logits=class_logits, condition=condition, parse_logits=parse_logits, embeds=embeds)
 
     def _seg_phrases(self, run: _LMRun) -> list[torch.Tensor | None]:
         """Per row, one ``(K_b, D)`` embedding per ``[SEG]``: the mean input embedding of the tokens of the
@@ -427,7 +431,10 @@ class FiFaMLLM(nn.Module):
             # transformers 5 calls the KV cache `cache` (`past_key_values` is deprecated there), 4 only knows the old name
             cache = {"cache": output["cache"]} if "cache" in output.keys() else {
                 "past_key_values": output["past_key_values"]}
-            output = self.lm(inputs_embeds=embed(tokens[:, None]), attention_mask=attention, position_ids=positions,
+            next_embeds = embed(tokens[:, None])
+            if run.condition is not None:
+                next_embeds = next_embeds + run.condition[:, None]
+            output = self.lm(inputs_embeds=next_embeds, attention_mask=attention, position_ids=positions,
                              use_cache=True, **cache)
             positions = positions + 1
         return self.ground_batch(images, prompts, answers, regions)
