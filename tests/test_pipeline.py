@@ -223,6 +223,15 @@ def test_cli_parses_parameters_as_yaml_scalars() -> None:
         cli.build_parser().parse_args(["pipeline", "-p", "novalue"])
 
 
+def test_cli_train_eval_samples_is_a_count_or_all() -> None:
+    parse = lambda *extra: cli.build_parser().parse_args(["train", "--run-dir", "r", *extra])  # noqa: E731
+    assert parse().eval_samples is None  # the default profile scores the whole validation split
+    assert parse("--eval-samples", "all").eval_samples is None and parse("--eval-samples", "32").eval_samples == 32
+    for bad in ("0", "some"):
+        with pytest.raises(SystemExit):
+            parse("--eval-samples", bad)
+
+
 def test_cli_reports_pipeline_error_without_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -19,6 +19,7 @@ from fifa_lab.model import FiFaMLLM, build_tiny
 from fifa_lab.train import SampleDataset, TrainConfig, checkpoints, collate, train
 from fifa_lab.fict import load_tree
 from fifa_lab.train.data import parsing_target, pick_targets, seg_concepts
+from fifa_lab.train.trainer import evaluate
 from fifa_lab.tasks.fifa11 import RSEG_ANSWER
 
 SIZE = 64
@@ -155,3 +156,18 @@ def test_config_validation() -> None:
         TrainConfig(steps=4, stop_after=5)
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)
+
+
+def test_evaluate_scores_the_whole_split_in_batches_as_one_at_a_time(data_dir: Path) -> None:
+    data = load_datasets(data_dir)
+    val = SampleDataset(data.samples["validation"], data.images["validation"], SIZE)
+    model = _model(data_dir).eval()
+    dets = [i for i, t in enumerate(val.tasks) if t == "Det"]
+    fakes = [i for i, t in enumerate(val.tasks) if t == "Loc" and len(val.samples[i]["target_masks"])]
+    whole = evaluate(model, val, None, batch_size=3)
+    assert (whole["det_n"], whole["loc_n"]) == (len(dets), len(fakes)) and len(dets) > 3
+    assert evaluate(model, val, None, batch_size=1) == pytest.approx(whole)
+    capped = evaluate(model, val, 2)
+    assert (capped["det_n"], capped["loc_n"]) == (2, min(2, len(fakes)))
+    with pytest.raises(ValueError, match="eval_samples"):
+        TrainConfig(eval_samples=0)
