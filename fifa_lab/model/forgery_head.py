@@ -28,11 +28,14 @@ With ``FiFaConfig.forensic_condition`` the same reading is also added to the LM'
 position (:meth:`ForgeryHead.condition`), scaled by ``tanh`` of a gate that starts at zero (LLaMA-Adapter's
 zero gating, Flamingo's tanh gates), so a pretrained LM starts unchanged and the shift grows only as fast
 as one scalar learns: a zero-initialised linear map instead grew by the learning rate in every weight at
-once and swamped the token embeddings (a two-sample overfit then diverged). The token is only read once the LM has learned to attend to it, and
-the LM learns the real/fake prior first, while the head is still guessing: in one default run (seed 0,
-RSeg in its current form) it never did, and answered Det at chance (0.49 of the validation images) over
-a head that was right on 0.87, and "no manipulation" to every AGE question. Added to the residual
-stream, the evidence reaches the answer position directly.
+once and swamped the token embeddings (a two-sample overfit then diverged).
+
+Why both (default run, seed 0, Det accuracy on all 294 validation images at steps 800 / 1200 / 1600):
+with neither, the LM learned the real/fake prior while the head was still guessing and never read the
+token (0.50 / 0.46 / 0.49 over a head right on 0.87; every AGE question answered "no manipulation");
+with the class probabilities in the token, 0.54 / 0.87 / 0.86; with the condition as well, 0.84 / 0.89 /
+0.89. One seed each, so the sizes are indicative; the trained gate ends near zero (closing it moves Det
+by 0.003), so the condition matters while the LM learns to read the token rather than after.
 """
 from __future__ import annotations
 
