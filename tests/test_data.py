@@ -224,7 +224,9 @@ def test_every_task_gives_well_formed_samples(records, samples):
         assert IMAGE_TOKEN in sample["prompt"]
         assert (REGION_TOKEN in sample["prompt"]) == get_task(sample["task"]).uses_region
         assert sample["target"].count(SEG_TOKEN) == len(sample["target_masks"])
-        assert sample["target"].count("<p>") == sample["target"].count("</p>") == len(sample["target_masks"])
+        # every mask has its phrase: in the answer, or for RSeg the concept named in the prompt
+        text = f"{sample['prompt']} {sample['target']}" if sample["task"] == "RSeg" else sample["target"]
+        assert text.count("<p>") == text.count("</p>") == len(sample["target_masks"])
         for mask in sample["target_masks"]:
             assert decode_rle(mask).shape == (SIZE, SIZE) and decode_rle(mask).any()
     samples_dataset(samples)  # and they fit the sample schema
