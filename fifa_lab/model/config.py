@@ -69,7 +69,8 @@ class FiFaConfig:
     # the LM also reads the forgery head's evidence (artifact map peak, mean, covered share) as one more
     # image token, so "is it fake" and "where" can lean on the densely supervised head
     forensic_token: bool = True
-    # ... and has the same reading added to its input at every position (zero-initialised; see forgery_head.py)
+    # ... and has the same reading added to its input at every position, behind a tanh gate that starts at 0
+    # (see forgery_head.py)
     forensic_condition: bool = True
     special_tokens: list[str] = field(
         default_factory=lambda: [IMAGE_TOKEN, REGION_TOKEN, PHRASE_START, PHRASE_END, SEG_TOKEN])

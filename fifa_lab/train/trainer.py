@@ -150,19 +150,19 @@ def evaluate(model: FiFaMLLM, dataset: SampleDataset, max_samples: int | None = 
              if len(dataset.samples[int(i)]["target_masks"])][:max_samples]
     correct, ious = [], []
     for start in range(0, len(dets), batch_size):
-        rows = [dataset.samples[i] for i in dets[start:start + batch_size]]
-        answers = model.generate_batch([dataset.image(i) for i in dets[start:start + batch_size]],
-                                       [row["prompt"] for row in rows], max_new_tokens=8)
+        chunk = dets[start:start + batch_size]
+        rows = [dataset.samples[i] for i in chunk]
+        answers = model.generate_batch([dataset.image(i) for i in chunk], [row["prompt"] for row in rows],
+                                       max_new_tokens=8)
         for row, answer in zip(rows, answers):
             truth = "fake" if "fake" in row["target"].lower() else "real"
             text = answer.text.lower()
             correct.append(truth == ("fake" if "fake" in text else "real" if "real" in text else None))
-    for start in range(0, len(fakes), batch_size):
+    for start in range(0, len(fakes), batch_size):  # Loc asks about the whole image: no regions
         chunk = fakes[start:start + batch_size]
         rows = [dataset.samples[i] for i in chunk]
-        regions = [None if (region := dataset[i]["region"]) is None else region.numpy().astype(bool) for i in chunk]
         grounded = model.ground_batch([dataset.image(i) for i in chunk], [row["prompt"] for row in rows],
-                                      [row["target"] for row in rows], regions)
+                                      [row["target"] for row in rows])
         for row, response in zip(rows, grounded):
             pred = response.masks.any(0) if len(response.masks) else np.zeros((size, size), bool)
             truth = np.zeros((size, size), bool)
