@@ -50,7 +50,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "default": {"seed": 0, "n_faces": 8, "reliability_faces": 25, "dataset_faces": 1500,
                 "train_steps": 1600, "batch_size": 8, "eval_every": 400, "eval_samples": None, "examples": 4,
                 "eval_per_task": 40, "max_new_tokens": 256, "expert_budget_s": 120,
-                "robustness_per_task": 20, "ablation_faces": 160, "ablation_steps": 100, "ablation_per_task": 8},
+                "robustness_per_task": 20, "ablation_faces": 80, "ablation_steps": 50, "ablation_per_task": 8},
     # full: bigger data and longer training, for a workstation or GPU.
     "full": {"seed": 0, "n_faces": 16, "reliability_faces": 100, "dataset_faces": 5000,
              "train_steps": 8000, "batch_size": 16, "eval_every": 1000, "eval_samples": None, "examples": 6,
