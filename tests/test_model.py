@@ -12,6 +12,7 @@ import torch
 
 from fifa_lab.artifacts import FORGERY_CLASSES
 from fifa_lab.model import FiFaConfig, FiFaMLLM, Response, build_tiny, parse_phrases, train_tokenizer
+from fifa_lab.model.fifa_mllm import IGNORE_INDEX, square_averaged_ce
 from fifa_lab.model.parsing_head import IGNORE_LABEL
 from fifa_lab.model.region_encoder import boxes_to_masks
 from fifa_lab.tasks.fifa11 import RSEG_ANSWER
@@ -61,6 +62,38 @@ def test_forward_shapes_and_finite_losses(model: FiFaMLLM, batch: dict) -> None:
     assert set(counts) == {"image_encoder", "projector", "region_encoder", "lm", "mask_decoder", "forgery_head",
                            "parsing_head", "total"}
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+
+
+def test_square_averaging_weighs_each_answer_by_the_root_of_its_length() -> None:
+    # two classes: a token with logits (0, 0) costs ln 2, one with (3, 0) and target 0 costs ln(1 + e^-3)
+    short, long = np.log(2.0), np.log1p(np.exp(-3.0))
+    logits = torch.zeros(2, 6, 2)
+    logits[1, :, 0] = 3.0
+    labels = torch.full((2, 6), IGNORE_INDEX)
+    labels[0, 5] = 0  # row 0: one scored token (predicted at position 4)
+    labels[1, 2:] = 0  # row 1: four scored tokens
+    expected = (short / 1 + 4 * long / 2) / (1 + 2)  # sum of a row's losses / sqrt(n), over sum of sqrt(n)
+    assert square_averaged_ce(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    token_average = (short + 4 * long) / 5
+    assert square_averaged_ce(logits, labels).item() > token_average  # the short, costlier answer counts more
+    labels[0, 2:] = 0  # equal lengths: the plain token average
+    assert square_averaged_ce(logits, labels).item() == pytest.approx((4 * short + 4 * long) / 8, rel=1e-6)
+    assert square_averaged_ce(logits, torch.full((2, 6), IGNORE_INDEX)).item() == 0.0
+
+
+def test_answer_averaging_switches_the_ce_and_only_the_ce(model: FiFaMLLM, batch: dict) -> None:
+    square = copy.deepcopy(model)
+    square.config = dataclasses.replace(model.config, answer_averaging="square")
+    token_out, square_out = model(**batch), square(**batch)
+    run = model._run(batch["images"], batch["input_ids"], batch["attention_mask"], batch["labels"],
+                     batch["regions"])
+    assert torch.isclose(token_out["ce"], run.output.loss)  # transformers' token average
+    assert torch.isclose(square_out["ce"], square_averaged_ce(token_out["logits"], run.labels))
+    assert not torch.isclose(square_out["ce"], token_out["ce"])  # the two answers differ in length
+    for key in ("bce", "dice", "forgery", "parsing", "concept"):
+        assert torch.equal(square_out[key], token_out[key])
+    with pytest.raises(ValueError, match="answer_averaging must be one of token, square"):
+        FiFaConfig(answer_averaging="sample")
 
 
 def test_forgery_loss_is_detection_peak_and_artifact_terms(model: FiFaMLLM, batch: dict) -> None:

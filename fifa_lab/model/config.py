@@ -17,6 +17,7 @@ from fifa_lab.tasks.registry import IMAGE_TOKEN, REGION_TOKEN, SEG_TOKEN
 
 PHRASE_START = "<p>"
 PHRASE_END = "</p>"
+ANSWER_AVERAGING = ("token", "square")  # FiFaConfig.answer_averaging
 
 
 @dataclass
@@ -52,6 +53,13 @@ class FiFaConfig:
     ce_weight: float = 1.0
     bce_weight: float = 2.0
     dice_weight: float = 1.0
+    # how the token CE averages over a batch: "token" (every answer token alike, transformers' own loss) or
+    # "square" (InternVL 2.5's square averaging: a sample's tokens weigh 1/sqrt(its token count)), which
+    # keeps one-word answers (Det, Cls) from being drowned by long explanations in the same batch. Default
+    # run, seed 0, 80 validation samples per task, token -> square: Cls acc 0.71 -> 0.80 (macro-F1 0.44 ->
+    # 0.66), but Det 0.91 -> 0.86 (whole split 0.895 -> 0.867), AGE grounding consistency 0.87 -> 0.57 and
+    # TOE METEOR 0.30 -> 0.28; so "token" stays the default and "square" is the lever for Cls
+    answer_averaging: str = "token"
     # the forgery head's loss (detection BCE + artifact-mask BCE and Dice on every image); 0 = off
     forgery_weight: float = 1.0
     # the parsing head's loss (per-pixel FICT leaf classification on every image, see parsing_head.py);
@@ -81,6 +89,9 @@ class FiFaConfig:
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.answer_averaging not in ANSWER_AVERAGING:
+            raise ValueError(f"answer_averaging must be one of {', '.join(ANSWER_AVERAGING)}, "
+                             f"got {self.answer_averaging!r}")
         if self.vision_stem not in ("conv", "patch"):
             raise ValueError(f"vision_stem must be 'conv' or 'patch', got {self.vision_stem!r}")
         if self.image_size % 4:

@@ -84,6 +84,7 @@ class _LMRun:
     condition: torch.Tensor | None  # (B, D) added to every LM input position, None without forensic_condition
     parse_logits: torch.Tensor | None  # (B, L + 1, H/4, W/4) the parsing head's, None without the head
     embeds: torch.Tensor  # (B, T', D) the LM's input embeddings
+    labels: torch.Tensor | None  # (B, T') the answer tokens' ids, IGNORE_INDEX elsewhere; None without labels
 
     def seg_masks(self, decoder: MaskDecoder, row: int, seg_hidden: torch.Tensor,
                   phrases: torch.Tensor | None = None) -> torch.Tensor:
@@ -226,11 +227,14 @@ class FiFaMLLM(nn.Module):
             lm_kwargs.setdefault("position_ids", (mask.cumsum(1) - 1).clamp(min=0))
         condition = self.forgery_head.condition(evidence, class_logits) if self.config.forensic_condition else None
         # embeds stay unconditioned in the run: the concept gate reads phrase embeddings from them
+        # transformers' own loss is the token average; square averaging is computed in forward from the logits
+        lm_labels = labels if self.config.answer_averaging == "token" else None
         output = self.lm(inputs_embeds=embeds if condition is None else embeds + condition[:, None], attention_mask=mask,
-                         labels=labels, **lm_kwargs)
+                         labels=lm_labels, **lm_kwargs)
         return _LMRun(output=output, input_ids=ids, attention_mask=mask, grid=grid, pixel=pixel,
                       fake_logits=fake_logits, artifact_logits=artifact_logits, evidence=evidence,
-                      class_logits=class_logits, condition=condition, parse_logits=parse_logits, embeds=embeds)
+                      class_logits=class_logits, condition=condition, parse_logits=parse_logits, embeds=embeds,
+                      labels=labels)
 
     def _seg_phrases(self, run: _LMRun) -> list[torch.Tensor | None]:
         """Per row, one ``(K_b, D)`` embedding per ``[SEG]``: the mean input embedding of the tokens of the
@@ -284,7 +288,12 @@ class FiFaMLLM(nn.Module):
         """
         run = self._run(images, input_ids, attention_mask, labels, regions, output_hidden_states=True)
         zero = run.output.logits.new_zeros(())
-        ce = run.output.loss if labels is not None else zero
+        if labels is None:
+            ce = zero
+        elif self.config.answer_averaging == "token":
+            ce = run.output.loss
+        else:
+            ce = square_averaged_ce(run.output.logits, run.labels)
         bce, dice, forgery, parsing, concept = zero, zero, zero, zero, zero
         size, c = self.config.image_size, self.config
         if seg_masks is not None:
@@ -581,6 +590,21 @@ def _splice(rows: torch.Tensor, at: Sequence[int], insert: torch.Tensor) -> torc
     Returns ``(B, T - 1 + N, ...)``.
     """
     return torch.stack([torch.cat([rows[b, :i], insert[b], rows[b, i + 1:]]) for b, i in enumerate(at)])
+
+
+def square_averaged_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of ``logits`` ``(B, T, V)`` against ``labels`` ``(B, T)`` (IGNORE_INDEX: not
+    scored) with each row's tokens weighted by ``1 / sqrt(n_b)``, ``n_b`` its scored tokens (InternVL 2.5's
+    square averaging). Rows of equal length give the plain token average; a batch of a two-token Det answer
+    and a 200-token explanation gives the Det answer about 9 times the weight per token that token
+    averaging does.
+    """
+    targets = labels[:, 1:]
+    per_token = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                                reduction="none").view(targets.shape)  # (B, T - 1), 0 where not scored
+    counts = (targets != IGNORE_INDEX).sum(1).to(per_token.dtype)  # (B,)
+    weights = counts.clamp(min=1).rsqrt()
+    return (per_token.sum(1) * weights).sum() / (counts * weights).sum().clamp(min=1)
 
 
 def _mask_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
