@@ -24,7 +24,9 @@ evidence, the map pooled to a ``LAYOUT`` x ``LAYOUT`` grid and the mean pixel em
 probabilities join the forensic token. Without it the LM had to find the class in the patch tokens
 alone and the default run answered Cls with 0.55-0.73 accuracy at macro-F1 0.18-0.36. With it the head
 is right on 0.81 of the validation images, but the LM's Cls answers still name only "real" or "FS"
-(test 0.75, macro-F1 0.33, seed 0): the head knows the class, the LM does not yet say it.
+(test 0.75, macro-F1 0.33, seed 0): the head knows the class, the LM does not yet say it. Giving the
+one-token Cls answer more weight makes the LM say it, at the explanations' cost (measured in the comments
+on ``trainer.DEFAULT_TASK_RATIOS`` and ``FiFaConfig.answer_averaging``).
 
 With ``FiFaConfig.forensic_condition`` the same reading is also added to the LM's input at every
 position (:meth:`ForgeryHead.condition`), scaled by ``tanh`` of a gate that starts at zero (LLaMA-Adapter's
