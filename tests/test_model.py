@@ -12,7 +12,7 @@ import torch
 
 from fifa_lab.artifacts import FORGERY_CLASSES
 from fifa_lab.model import FiFaConfig, FiFaMLLM, Response, build_tiny, parse_phrases, train_tokenizer
-from fifa_lab.model.fifa_mllm import IGNORE_INDEX, square_averaged_ce
+from fifa_lab.model.fifa_mllm import IGNORE_INDEX, answer_ce
 from fifa_lab.model.parsing_head import IGNORE_LABEL
 from fifa_lab.model.region_encoder import boxes_to_masks
 from fifa_lab.tasks.fifa11 import RSEG_ANSWER
@@ -64,7 +64,7 @@ def test_forward_shapes_and_finite_losses(model: FiFaMLLM, batch: dict) -> None:
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
 
 
-def test_square_averaging_weighs_each_answer_by_the_root_of_its_length() -> None:
+def test_answer_ce_averages_per_token_or_by_the_root_of_each_answer_length() -> None:
     # two classes: a token with logits (0, 0) costs ln 2, one with (3, 0) and target 0 costs ln(1 + e^-3)
     short, long = np.log(2.0), np.log1p(np.exp(-3.0))
     logits = torch.zeros(2, 6, 2)
@@ -72,13 +72,12 @@ def test_square_averaging_weighs_each_answer_by_the_root_of_its_length() -> None
     labels = torch.full((2, 6), IGNORE_INDEX)
     labels[0, 5] = 0  # row 0: one scored token (predicted at position 4)
     labels[1, 2:] = 0  # row 1: four scored tokens
-    expected = (short / 1 + 4 * long / 2) / (1 + 2)  # sum of a row's losses / sqrt(n), over sum of sqrt(n)
-    assert square_averaged_ce(logits, labels).item() == pytest.approx(expected, rel=1e-6)
-    token_average = (short + 4 * long) / 5
-    assert square_averaged_ce(logits, labels).item() > token_average  # the short, costlier answer counts more
-    labels[0, 2:] = 0  # equal lengths: the plain token average
-    assert square_averaged_ce(logits, labels).item() == pytest.approx((4 * short + 4 * long) / 8, rel=1e-6)
-    assert square_averaged_ce(logits, torch.full((2, 6), IGNORE_INDEX)).item() == 0.0
+    assert answer_ce(logits, labels, "token").item() == pytest.approx((short + 4 * long) / 5, rel=1e-6)
+    # square: the sum of a row's losses / sqrt(n), over the sum of sqrt(n)
+    assert answer_ce(logits, labels, "square").item() == pytest.approx((short / 1 + 4 * long / 2) / (1 + 2), rel=1e-6)
+    labels[0, 2:] = 0  # equal lengths: square is the plain token average
+    assert answer_ce(logits, labels, "square").item() == pytest.approx((4 * short + 4 * long) / 8, rel=1e-6)
+    assert answer_ce(logits, torch.full((2, 6), IGNORE_INDEX), "square").item() == 0.0
 
 
 def test_answer_averaging_switches_the_ce_and_only_the_ce(model: FiFaMLLM, batch: dict) -> None:
@@ -87,8 +86,11 @@ def test_answer_averaging_switches_the_ce_and_only_the_ce(model: FiFaMLLM, batch
     token_out, square_out = model(**batch), square(**batch)
     run = model._run(batch["images"], batch["input_ids"], batch["attention_mask"], batch["labels"],
                      batch["regions"])
-    assert torch.isclose(token_out["ce"], run.output.loss)  # transformers' token average
-    assert torch.isclose(square_out["ce"], square_averaged_ce(token_out["logits"], run.labels))
+    # "token" is the LM's own loss to the bit (the condition is closed at init, so the LM's input is run.embeds)
+    assert not run.condition.any()
+    reference = model.lm(inputs_embeds=run.embeds, attention_mask=run.attention_mask, labels=run.labels).loss
+    assert torch.equal(token_out["ce"], reference)
+    assert torch.isclose(square_out["ce"], answer_ce(token_out["logits"], run.labels, "square"))
     assert not torch.isclose(square_out["ce"], token_out["ce"])  # the two answers differ in length
     for key in ("bce", "dice", "forgery", "parsing", "concept"):
         assert torch.equal(square_out[key], token_out[key])

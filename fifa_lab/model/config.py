@@ -58,7 +58,7 @@ class FiFaConfig:
     # keeps one-word answers (Det, Cls) from being drowned by long explanations in the same batch. Default
     # run, seed 0, 80 validation samples per task, token -> square: Cls acc 0.71 -> 0.80 (macro-F1 0.44 ->
     # 0.66), but Det 0.91 -> 0.86 (whole split 0.895 -> 0.867), AGE grounding consistency 0.87 -> 0.57 and
-    # TOE METEOR 0.30 -> 0.28; so "token" stays the default and "square" is the lever for Cls
+    # TOE METEOR 0.30 -> 0.275; so "token" stays the default and "square" is the lever for Cls
     answer_averaging: str = "token"
     # the forgery head's loss (detection BCE + artifact-mask BCE and Dice on every image); 0 = off
     forgery_weight: float = 1.0

@@ -227,10 +227,9 @@ class FiFaMLLM(nn.Module):
             lm_kwargs.setdefault("position_ids", (mask.cumsum(1) - 1).clamp(min=0))
         condition = self.forgery_head.condition(evidence, class_logits) if self.config.forensic_condition else None
         # embeds stay unconditioned in the run: the concept gate reads phrase embeddings from them
-        # transformers' own loss is the token average; square averaging is computed in forward from the logits
-        lm_labels = labels if self.config.answer_averaging == "token" else None
+        # no labels to the LM: forward computes the token loss itself (answer_ce), averaged as configured
         output = self.lm(inputs_embeds=embeds if condition is None else embeds + condition[:, None], attention_mask=mask,
-                         labels=lm_labels, **lm_kwargs)
+                         **lm_kwargs)
         return _LMRun(output=output, input_ids=ids, attention_mask=mask, grid=grid, pixel=pixel,
                       fake_logits=fake_logits, artifact_logits=artifact_logits, evidence=evidence,
                       class_logits=class_logits, condition=condition, parse_logits=parse_logits, embeds=embeds,
@@ -288,12 +287,7 @@ class FiFaMLLM(nn.Module):
         """
         run = self._run(images, input_ids, attention_mask, labels, regions, output_hidden_states=True)
         zero = run.output.logits.new_zeros(())
-        if labels is None:
-            ce = zero
-        elif self.config.answer_averaging == "token":
-            ce = run.output.loss
-        else:
-            ce = square_averaged_ce(run.output.logits, run.labels)
+        ce = answer_ce(run.output.logits, run.labels, self.config.answer_averaging) if labels is not None else zero
         bce, dice, forgery, parsing, concept = zero, zero, zero, zero, zero
         size, c = self.config.image_size, self.config
         if seg_masks is not None:
@@ -592,13 +586,18 @@ def _splice(rows: torch.Tensor, at: Sequence[int], insert: torch.Tensor) -> torc
     return torch.stack([torch.cat([rows[b, :i], insert[b], rows[b, i + 1:]]) for b, i in enumerate(at)])
 
 
-def square_averaged_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def answer_ce(logits: torch.Tensor, labels: torch.Tensor, averaging: str = "token") -> torch.Tensor:
     """Next-token cross-entropy of ``logits`` ``(B, T, V)`` against ``labels`` ``(B, T)`` (IGNORE_INDEX: not
-    scored) with each row's tokens weighted by ``1 / sqrt(n_b)``, ``n_b`` its scored tokens (InternVL 2.5's
-    square averaging). Rows of equal length give the plain token average; a batch of a two-token Det answer
-    and a 200-token explanation gives the Det answer about 9 times the weight per token that token
-    averaging does.
+    scored), averaged over the batch as ``FiFaConfig.answer_averaging`` says.
+
+    ``"token"`` weighs every scored token alike (transformers' causal-LM loss). ``"square"`` weighs row
+    ``b``'s tokens by ``1 / sqrt(n_b)``, ``n_b`` its scored tokens (InternVL 2.5's square averaging): rows of
+    equal length give the token average, while a batch of a two-token Det answer and a 200-token explanation
+    gives the Det answer about 9 times the weight per token that token averaging does.
     """
+    if averaging == "token":  # computed as transformers computes it, so token-averaged runs reproduce exactly
+        shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+        return F.cross_entropy(logits.float().flatten(0, 1), shifted.flatten(), ignore_index=IGNORE_INDEX)
     targets = labels[:, 1:]
     per_token = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
                                 reduction="none").view(targets.shape)  # (B, T - 1), 0 where not scored
