@@ -194,6 +194,34 @@ def test_checkpoint_from_before_the_concept_gate_loads_without_it(tmp_path) -> N
     assert np.array_equal(loaded.ground(image, PROMPTS[0], answer).masks, old.eval().ground(image, PROMPTS[0], answer).masks)
 
 
+def test_pixel_refine_blocks_start_as_the_identity_and_learn(model: FiFaMLLM, batch: dict) -> None:
+    assert len(model.mask_decoder.refine) == model.config.pixel_refine_blocks == 2
+    _, grid = model.image_encoder(batch["images"])
+    with torch.no_grad():
+        refined = model.mask_decoder.pixel_embeddings(grid, batch["images"])
+        plain = copy.deepcopy(model.mask_decoder)
+        plain.refine = torch.nn.ModuleList()
+        assert torch.equal(refined, plain.pixel_embeddings(grid, batch["images"]))
+    trained = copy.deepcopy(model).train()
+    trained(**batch)["loss"].backward()
+    # the zeroed last layer gets a gradient, so the blocks leave the identity on the first step
+    assert all(float(block.body[-1].weight.grad.abs().sum()) > 0 for block in trained.mask_decoder.refine)
+
+
+def test_checkpoint_from_before_the_refine_blocks_loads_without_them(tmp_path) -> None:
+    torch.manual_seed(0)
+    old = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, pixel_refine_blocks=0).eval()
+    old.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["pixel_refine_blocks"]  # what an older checkpoint wrote
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    loaded = FiFaMLLM.from_pretrained(tmp_path / "old")
+    assert loaded.config.pixel_refine_blocks == 0 and len(loaded.mask_decoder.refine) == 0
+    image = np.full((SIZE, SIZE, 3), 90, np.uint8)
+    answer = "<p>the mouth</p> [SEG]"
+    assert np.array_equal(loaded.ground(image, PROMPTS[0], answer).masks, old.ground(image, PROMPTS[0], answer).masks)
+
+
 def test_forensic_condition_starts_as_a_no_op_and_shifts_every_position(model: FiFaMLLM, batch: dict) -> None:
     without = copy.deepcopy(model)
     without.config = dataclasses.replace(model.config, forensic_condition=False)

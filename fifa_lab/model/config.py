@@ -49,6 +49,9 @@ class FiFaConfig:
     # channels of the mask decoder's stem on the raw image at 1/4 resolution (0 = none): patch features
     # alone put mask edges on a patch-sized grid
     pixel_stem_channels: int = 32
+    # residual depthwise-separable 3x3 blocks mixing grid and stem in the pixel embeddings (mask_decoder.py;
+    # 0 = none, as in checkpoints from before them)
+    pixel_refine_blocks: int = 2
     # loss weights: token CE, mask BCE, mask Dice. GLaMM uses Dice 0.5; 1.0 here because small artifact masks let BCE alone settle on empty masks
     ce_weight: float = 1.0
     bce_weight: float = 2.0
@@ -147,13 +150,15 @@ class FiFaConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> FiFaConfig:
-        """A config written by :meth:`save`; one from before the parsing head (no ``parsing_weight``) or
-        the concept gate (no ``concept_gate``), the forgery classes (no ``forgery_classes``) or the forensic
-        condition (no ``forensic_condition``) loads without them, as its checkpoint has no weights for them."""
+        """A config written by :meth:`save`; one from before the parsing head (no ``parsing_weight``),
+        the concept gate (no ``concept_gate``), the forgery classes (no ``forgery_classes``), the forensic
+        condition (no ``forensic_condition``) or the pixel refine blocks (no ``pixel_refine_blocks``) loads
+        without them, as its checkpoint has no weights for them."""
         data = json.loads(Path(path).read_text())
         if isinstance(data, dict):
             data.setdefault("parsing_weight", 0.0)
             data.setdefault("concept_gate", False)
             data.setdefault("forgery_classes", 0)
             data.setdefault("forensic_condition", False)
+            data.setdefault("pixel_refine_blocks", 0)
         return cls.from_dict(data)

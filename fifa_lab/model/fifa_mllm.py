@@ -5,7 +5,7 @@ Data flow (shapes for batch ``B``, text length ``T``, ``N`` patches, LM width ``
     images (B, 3, H, W) -> ImageEncoder -> tokens (B, P, Dv), grid (B, Dv, H/p, W/p)
     grid -> avg-pool by image_token_pool -> projector -> (B, N, D): the one <image> token of each prompt
         expands into these N embeddings
-    images -> MaskDecoder stem (1/4 resolution) + grid -> pixel embeddings (B, C, H/4, W/4)
+    images -> MaskDecoder stem (1/4 resolution) + grid -> refine blocks -> pixel embeddings (B, C, H/4, W/4)
     pixel embeddings -> ForgeryHead -> artifact logits, detection logit, evidence (B, 3) -> with
         forensic_token, one more embedding (B, 1, D) after the image's N - 1 others
     pixel embeddings -> ParsingHead -> FICT leaf logits (B, L + 1, H/4, W/4): a loss on every image, and
