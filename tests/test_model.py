@@ -196,6 +196,8 @@ def test_checkpoint_from_before_the_concept_gate_loads_without_it(tmp_path) -> N
 
 def test_pixel_refine_blocks_start_as_the_identity_and_learn(model: FiFaMLLM, batch: dict) -> None:
     assert len(model.mask_decoder.refine) == model.config.pixel_refine_blocks == 2
+    with pytest.raises(ValueError, match="pixel_refine_blocks"):
+        FiFaConfig(pixel_refine_blocks=-1)
     _, grid = model.image_encoder(batch["images"])
     with torch.no_grad():
         refined = model.mask_decoder.pixel_embeddings(grid, batch["images"])

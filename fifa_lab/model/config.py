@@ -99,6 +99,8 @@ class FiFaConfig:
             raise ValueError(f"vision_stem must be 'conv' or 'patch', got {self.vision_stem!r}")
         if self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4 (the pixel decoder works at 1/4), got {self.image_size}")
+        if self.pixel_refine_blocks < 0:
+            raise ValueError(f"pixel_refine_blocks must be >= 0 (0 = none), got {self.pixel_refine_blocks}")
         if self.parsing_classes < 2:
             raise ValueError(f"parsing_classes must be >= 2 (leaves + 'no concept'), got {self.parsing_classes}")
         if self.forgery_classes not in (0, len(FORGERY_CLASSES)):

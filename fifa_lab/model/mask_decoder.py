@@ -7,8 +7,8 @@ two: the sum alone left every pixel linear in a 7-pixel stem window and a biline
 features, so neither a small edit's generator trace (8-pixel period) nor the border between two skin
 concepts was seen with its surroundings. Default run, seed 0, all validation images, none -> 2 blocks:
 the LM's Det answer 0.895 -> 0.901, Loc mIoU 0.57 -> 0.60, the forgery head's class accuracy
-0.81 -> 0.84, the parsing head's mean leaf IoU 0.29 -> 0.32 (pixel accuracy 0.78 -> 0.80), at no
-measurable training time (2 x 5k parameters); seed 1: Det 0.891 -> 0.895, Loc 0.59. 4 blocks gave no
+0.81 -> 0.84, the parsing head's mean leaf IoU 0.29 -> 0.32 (pixel accuracy 0.78 -> 0.80), for 2 x 5k
+parameters and a training time within the machine's run-to-run noise (1,071 s vs 1,066 s); seed 1: Det 0.891 -> 0.895, Loc 0.59. 4 blocks gave no
 more (seed 0: Det 0.898, Loc 0.58). Edits of a few hundred pixels (an iris) are still missed.
 
 **Concept gate** (``FiFaConfig.concept_gate``). A grounded phrase names a FICT concept ("the left
