@@ -38,6 +38,8 @@ from fifa_lab.annotate import annotate
 from fifa_lab.faces import synth_face
 from fifa_lab.fict import load_tree
 from fifa_lab.forge import forge
+from fifa_lab.model.fifa_mllm import parse_phrases
+from fifa_lab.tasks.fifa11 import grounding_phrases
 from fifa_lab.tasks import (
     FIFA11,
     IMAGE_TOKEN,
@@ -230,6 +232,9 @@ def test_every_task_gives_well_formed_samples(records, samples):
         for mask in sample["target_masks"]:
             assert decode_rle(mask).shape == (SIZE, SIZE) and decode_rle(mask).any()
     samples_dataset(samples)  # and they fit the sample schema
+    # generation's default phrase vocabulary holds every phrase a target grounds
+    vocabulary = set(grounding_phrases())
+    assert {p for s in samples for p in parse_phrases(s["target"])} <= vocabulary
 
 
 def test_region_tasks_use_all_region_kinds(samples):

@@ -162,18 +162,23 @@ def test_parsing_loss_reads_cell_centres_ignores_unknown_and_rejects_foreign_cla
                                                 + c.dice_weight * out["dice"] + c.parsing_weight * out["parsing"])
     with pytest.raises(ValueError, match="label_maps must be"):
         model(**batch, label_maps=labels[:, :8])
-    off = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_weight=0.0, concept_gate=False)
+    off = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_weight=0.0, concept_gate=False,
+                     concept_token=False)
     assert off.parsing_head is None and "parsing_head" not in off.parameter_counts()
     with pytest.raises(ValueError, match="concept_gate"):  # the gate reads the head
         FiFaConfig(parsing_weight=0.0)
+    with pytest.raises(ValueError, match="concept_token"):  # so does the concept token
+        FiFaConfig(parsing_weight=0.0, concept_gate=False)
 
 
 def test_checkpoint_from_before_the_parsing_head_loads_without_one(model: FiFaMLLM, tmp_path) -> None:
-    off = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_weight=0.0, concept_gate=False)
+    off = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_weight=0.0, concept_gate=False,
+                     concept_token=False)
     off.save_pretrained(tmp_path / "old")
     config = json.loads((tmp_path / "old" / "config.json").read_text())
     # what an older checkpoint wrote
     del config["parsing_weight"], config["parsing_classes"], config["concept_gate"], config["concept_weight"]
+    del config["concept_token"]
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
     loaded = FiFaMLLM.from_pretrained(tmp_path / "old")
     assert loaded.parsing_head is None and loaded.config.parsing_weight == 0.0
@@ -222,6 +227,54 @@ def test_checkpoint_from_before_the_refine_blocks_loads_without_them(tmp_path) -
     image = np.full((SIZE, SIZE, 3), 90, np.uint8)
     answer = "<p>the mouth</p> [SEG]"
     assert np.array_equal(loaded.ground(image, PROMPTS[0], answer).masks, old.ground(image, PROMPTS[0], answer).masks)
+
+
+def test_concept_evidence_reads_artifact_coverage_and_share_per_concept() -> None:
+    from fifa_lab.model.parsing_head import concept_evidence
+
+    # 2 classes on a 4x4 grid: class 1 sure on the top two rows (8 cells), class 0 sure below
+    logits = torch.full((1, 2, 4, 4), -30.0)
+    logits[0, 1, :2] = 30.0
+    logits[0, 0, 2:] = 30.0
+    # artifact map sure on 4 cells inside class 1 (one row of 8x8 full-resolution pixels per cell)
+    artifact = torch.full((1, 8, 8), -30.0)
+    artifact[0, :2, :] = 30.0
+    coverage, share = concept_evidence(logits, artifact)[0].split(2)
+    assert torch.allclose(coverage, torch.tensor([0.0, 4 / 9]), atol=1e-5)  # 4 of class 1's 8 cells (+1)
+    assert torch.allclose(share, torch.tensor([0.0, 4 / 5]), atol=1e-5)  # all 4 artifact cells (+1)
+    # no artifact anywhere: nothing to read, and no 0 / 0
+    assert torch.allclose(concept_evidence(logits, torch.full((1, 8, 8), -30.0)), torch.zeros(1, 4), atol=1e-5)
+    with pytest.raises(ValueError, match="artifact logits"):
+        concept_evidence(logits, artifact[0])
+
+
+def test_concept_token_is_the_last_image_embedding_and_moves_with_the_artifact_map(model: FiFaMLLM,
+                                                                                  batch: dict) -> None:
+    assert model.config.concept_token and model.config.forensic_token
+    run = model._run(batch["images"], batch["input_ids"], batch["attention_mask"], regions=batch["regions"])
+    at = int((batch["input_ids"][0] == model.token_ids[IMAGE_TOKEN]).int().argmax())
+    last = at + model.config.num_image_tokens - 1
+    expected = model.parsing_head.token(run.parse_logits, run.artifact_logits)
+    assert torch.allclose(run.embeds[:, last], expected)
+    moved = model.parsing_head.token(run.parse_logits, run.artifact_logits + 5.0)
+    assert not torch.allclose(moved, expected)
+    with pytest.raises(RuntimeError, match="concept_token=False"):
+        FiFaMLLM(dataclasses.replace(model.config, concept_token=False), model.tokenizer) \
+            .parsing_head.token(run.parse_logits, run.artifact_logits)
+
+
+def test_checkpoint_from_before_the_concept_token_loads_without_it(tmp_path) -> None:
+    torch.manual_seed(0)
+    old = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, concept_token=False).eval()
+    old.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["concept_token"]  # what an older checkpoint wrote
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    loaded = FiFaMLLM.from_pretrained(tmp_path / "old")
+    assert loaded.parsing_head.to_token is None and loaded.config.num_image_tokens == old.config.num_image_tokens
+    image = np.full((SIZE, SIZE, 3), 90, np.uint8)
+    assert loaded.generate(image, PROMPTS[0], max_new_tokens=6).text == old.generate(
+        image, PROMPTS[0], max_new_tokens=6).text
 
 
 def test_forensic_condition_starts_as_a_no_op_and_shifts_every_position(model: FiFaMLLM, batch: dict) -> None:
@@ -404,6 +457,48 @@ def test_overfit_two_samples_lowers_loss(batch: dict) -> None:
     assert max(lengths) < 24 and lengths[0] != lengths[1], lengths
 
 
+def test_phrase_constraint_continues_unused_phrases_only() -> None:
+    from fifa_lab.model.fifa_mllm import PhraseConstraint
+
+    start, end = 10, 11
+    constraint = PhraseConstraint([[1, 2, 3], [1, 2, 4], [5]], start, end)
+    assert constraint.allowed([7, 8]) is None  # outside a phrase: anything
+    assert constraint.allowed([7, start]) == [1, 5]
+    assert constraint.allowed([start, 1, 2]) == [3, 4]
+    assert constraint.allowed([start, 1, 2, 3]) == [end]
+    # "1 2 3" is used: a second phrase starting "1 2" can only become "1 2 4"
+    assert constraint.allowed([start, 1, 2, 3, end, 9, start, 1, 2]) == [4]
+    assert constraint.allowed([start, 5, end, start]) == [1]
+    used_up = [start, 1, 2, 3, end, start, 1, 2, 4, end, start, 5, end, start]
+    assert constraint.allowed(used_up) == [end]
+    with pytest.raises(ValueError, match="at least one phrase"):
+        PhraseConstraint([[1], []], start, end)
+
+
+def test_generated_phrases_come_from_the_vocabulary_once_each(model: FiFaMLLM) -> None:
+    from fifa_lab.tasks.fifa11 import LOC_PHRASE, grounding_phrases
+
+    # an LM that wants <p> everywhere: free decoding opens phrase after phrase and never names one
+    eager = copy.deepcopy(model)
+    head = eager.lm.lm_head
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(head.weight)
+        biased.bias.zero_()
+        biased.bias[eager.token_ids["<p>"]] = 100.0
+    eager.lm.lm_head = biased
+    image = np.full((SIZE, SIZE, 3), 90, np.uint8)
+    free = eager.generate(image, PROMPTS[0], max_new_tokens=12, phrases=None)
+    assert free.text.count("<p>") == 12 and not free.phrases
+    vocabulary = ["the left eye", "the mouth"]
+    constrained = eager.generate(image, PROMPTS[0], max_new_tokens=16, phrases=vocabulary)
+    named = [phrase for phrase in constrained.phrases if phrase]
+    assert sorted(named) == sorted(vocabulary)  # both, once each, then nothing left to name
+    # the default vocabulary: every FICT concept as the annotator names it, and Loc's phrase
+    default = grounding_phrases()
+    assert "the left chin" in default and LOC_PHRASE in default and len(set(default)) == len(default)
+
+
 def test_save_load_round_trip(model: FiFaMLLM, batch: dict, tmp_path) -> None:
     model.save_pretrained(tmp_path / "ckpt")
     loaded = FiFaMLLM.from_pretrained(tmp_path / "ckpt")
@@ -484,9 +579,9 @@ def test_conv_stem_and_token_pooling_shapes() -> None:
     assert isinstance(encoder.vit.embeddings.patch_embeddings, ConvPatchEmbeddings)
     tokens, grid = encoder(torch.rand(3, 3, 64, 64))
     assert tokens.shape == (3, 16, 32) and grid.shape == (3, 32, 4, 4)
-    # the 4x4 grid pooled 2x2 for the LM, plus the global token and the forensic token
-    assert config.num_image_tokens == 6
-    assert dataclasses.replace(config, forensic_token=False).num_image_tokens == 5
+    # the 4x4 grid pooled 2x2 for the LM, plus the global, the forensic and the concept token
+    assert config.num_image_tokens == 7
+    assert dataclasses.replace(config, forensic_token=False, concept_token=False).num_image_tokens == 5
     with pytest.raises(ValueError, match="power-of-two"):
         ImageEncoder(FiFaConfig(image_size=56, patch_size=14, vision_hidden_size=32, vision_heads=2))
     with pytest.raises(ValueError, match="image_token_pool"):

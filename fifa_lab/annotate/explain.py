@@ -104,6 +104,11 @@ def group_concepts(tree: ConceptTree, hits: Sequence[str], visible: np.ndarray) 
     return list(named.items())
 
 
+def concept_phrase(tree: ConceptTree, concept_id: str) -> str:
+    """How an explanation names a concept in its ``<p>`` phrase: ``"the left chin"``."""
+    return f"the {tree.get(concept_id).name}"
+
+
 def _plural(name: str) -> bool:
     """Whether a readable concept name is grammatically plural ("eyes", "chin and jaw", not "iris")."""
     last = name.split()[-1]
@@ -142,7 +147,7 @@ def compose(tree: ConceptTree, per_concept: Mapping[str, dict], mask: np.ndarray
         artifacts = sorted({a for leaf in leaves for a in per_concept[leaf]["artifacts"]})
         inside = np.zeros(n + 1, bool)
         inside[[tree.leaf_index[leaf] for leaf in leaves]] = True
-        segments.append(Segment(f"the {tree.get(named).name}", leaves, artifacts, mask & inside[labels]))
+        segments.append(Segment(concept_phrase(tree, named), leaves, artifacts, mask & inside[labels]))
     opening = OPENINGS[rng.integers(len(OPENINGS))]
     age, toe = [opening], [opening]
     for segment in segments:

@@ -83,6 +83,10 @@ class FiFaConfig:
     # ... and has the same reading added to its input at every position, behind a tanh gate that starts at 0
     # (see forgery_head.py)
     forensic_condition: bool = True
+    # ... and reads, per FICT concept, how much of it the forgery head's artifact map covers and how much of
+    # the map lies in it, as one more image token after the forensic one (parsing_head.py); needs the
+    # parsing head
+    concept_token: bool = True
     special_tokens: list[str] = field(
         default_factory=lambda: [IMAGE_TOKEN, REGION_TOKEN, PHRASE_START, PHRASE_END, SEG_TOKEN])
     pad_token: str = "<pad>"
@@ -109,6 +113,9 @@ class FiFaConfig:
         if self.concept_gate and not self.parsing_weight:
             raise ValueError("concept_gate reads the parsing head, which parsing_weight=0 switches off; "
                              "set concept_gate=False too")
+        if self.concept_token and not self.parsing_weight:
+            raise ValueError("concept_token reads the parsing head, which parsing_weight=0 switches off; "
+                             "set concept_token=False too")
         if self.image_token_pool < 1 or self.grid_size % self.image_token_pool:
             raise ValueError(f"image_token_pool {self.image_token_pool} must be >= 1 and divide the "
                              f"{self.grid_size}-patch grid")
@@ -133,8 +140,9 @@ class FiFaConfig:
     @property
     def num_image_tokens(self) -> int:
         """Embeddings one ``<image>`` expands to in the LM: ``(grid_size / image_token_pool) ** 2`` pooled
-        patches, one global token (the grid's mean) and, with ``forensic_token``, the forgery head's evidence."""
-        return (self.grid_size // self.image_token_pool) ** 2 + 1 + int(self.forensic_token)
+        patches, one global token (the grid's mean), with ``forensic_token`` the forgery head's evidence and
+        with ``concept_token`` the artifact map read per FICT concept."""
+        return (self.grid_size // self.image_token_pool) ** 2 + 1 + int(self.forensic_token) + int(self.concept_token)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,8 +162,8 @@ class FiFaConfig:
     def load(cls, path: str | Path) -> FiFaConfig:
         """A config written by :meth:`save`; one from before the parsing head (no ``parsing_weight``),
         the concept gate (no ``concept_gate``), the forgery classes (no ``forgery_classes``), the forensic
-        condition (no ``forensic_condition``) or the pixel refine blocks (no ``pixel_refine_blocks``) loads
-        without them, as its checkpoint has no weights for them."""
+        condition (no ``forensic_condition``), the pixel refine blocks (no ``pixel_refine_blocks``) or the
+        concept token (no ``concept_token``) loads without them, as its checkpoint has no weights for them."""
         data = json.loads(Path(path).read_text())
         if isinstance(data, dict):
             data.setdefault("parsing_weight", 0.0)
@@ -163,4 +171,5 @@ class FiFaConfig:
             data.setdefault("forgery_classes", 0)
             data.setdefault("forensic_condition", False)
             data.setdefault("pixel_refine_blocks", 0)
+            data.setdefault("concept_token", False)
         return cls.from_dict(data)

@@ -10,6 +10,19 @@ mask mIoU 0.009 -> 0.034 and Loc 0.735 -> 0.761, but RSeg queries still decoded 
 a query alone did not learn to point at a concept. The concept gate of the mask decoder
 (``mask_decoder.py``) therefore confines each ``[SEG]`` mask to this head's probability of the concept its
 phrase names. Weighted by ``FiFaConfig.parsing_weight`` (0 = no head, no loss, no gate).
+
+With ``FiFaConfig.concept_token`` the head also tells the LM *where* the forgery head sees artifacts, in
+the FICT's words: :func:`concept_evidence` reads, per concept, how much of it the artifact map covers and
+how much of the artifact map lies in it, and :meth:`ParsingHead.token` turns that into one more image
+token. An AGE answer names the concepts it grounds before their masks are decoded, so without it the LM
+had to find the edited concepts in the pooled patch tokens alone, and named wrong or repeated ones.
+Default run, seed 0, 40 test AGE answers decoded freely, without -> with the token: named-concept
+precision 0.09 -> 0.21 and recall 0.03 -> 0.14, mask mIoU 0.036 -> 0.093, mask recall 0.03 -> 0.10,
+TOE METEOR 0.309 -> 0.320; but AGE METEOR 0.331 -> 0.304, R-TOE METEOR 0.359 -> 0.318 and grounding
+consistency 0.97 -> 0.50: the model without it kept naming one large, well-parsed concept ("the right
+eye") whose mask lay in it, the model with it names the small concepts that were edited ("the left
+chin"), and the parsing head's 1/4-resolution map lets their masks spill into the neighbours. Whole
+validation split: Det 0.901 -> 0.895, Loc mIoU 0.60 -> 0.58 (one seed each).
 """
 from __future__ import annotations
 
@@ -32,9 +45,19 @@ class ParsingHead(nn.Module):
         self.config = config
         # linear, as the [SEG] query is: a concept the head separates is one a query can point at
         self.classify = nn.Conv2d(config.mask_decoder_dim, config.parsing_classes, 1)
+        # linear, as the forensic token is: the LM's own layers do the reading
+        self.to_token = nn.Linear(2 * config.parsing_classes, config.lm_hidden_size) \
+            if config.concept_token else None
 
     def forward(self, pixel: torch.Tensor) -> torch.Tensor:
         return self.classify(pixel)
+
+    def token(self, logits: torch.Tensor, artifact_logits: torch.Tensor) -> torch.Tensor:
+        """Concept logits ``(B, L, h, w)`` and the forgery head's artifact logits ``(B, H, W)`` -> the concept
+        token's embedding ``(B, D)``."""
+        if self.to_token is None:
+            raise RuntimeError("this model was built with concept_token=False")
+        return self.to_token(concept_evidence(logits, artifact_logits))
 
     def loss(self, logits: torch.Tensor, label_maps: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of ``logits`` against ``label_maps`` ``(B, H, W)`` long (leaf + 1, 0 = none,
@@ -51,3 +74,23 @@ class ParsingHead(nn.Module):
                              f"{self.config.parsing_classes} (leaf index + 1, 0 = none); set "
                              "FiFaConfig.parsing_classes to the tree's leaf count + 1")
         return F.cross_entropy(logits, target, ignore_index=IGNORE_LABEL)
+
+
+def concept_evidence(logits: torch.Tensor, artifact_logits: torch.Tensor) -> torch.Tensor:
+    """Concept logits ``(B, L, h, w)`` and artifact logits ``(B, H, W)`` (``H`` a multiple of ``h``) ->
+    ``(B, 2L)``: per concept, the share of it the artifact map covers, then the share of the artifact map
+    inside it.
+
+    Both are soft: with ``P`` the concept probability and ``a`` the artifact probability per cell,
+    coverage is ``sum(P a) / (sum(P) + 1)`` and share is ``sum(P a) / (sum(a) + 1)``; the ``+ 1`` keeps an
+    absent concept and an empty artifact map at 0 rather than 0 / 0.
+    """
+    if logits.ndim != 4 or artifact_logits.ndim != 3 or logits.shape[0] != artifact_logits.shape[0]:
+        raise ValueError(f"concept logits must be (B, L, h, w) and artifact logits (B, H, W), got "
+                         f"{tuple(logits.shape)} and {tuple(artifact_logits.shape)}")
+    probs = logits.softmax(1)
+    artifact = F.adaptive_avg_pool2d(torch.sigmoid(artifact_logits)[:, None], probs.shape[-2:])  # (B, 1, h, w)
+    overlap = (probs * artifact).sum((2, 3))  # (B, L)
+    coverage = overlap / (probs.sum((2, 3)) + 1)
+    share = overlap / (artifact.sum((1, 2, 3))[:, None] + 1)
+    return torch.cat([coverage, share], 1)

@@ -33,6 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from fifa_lab.annotate.explain import concept_phrase
 from fifa_lab.artifacts import ARTIFACTS, FORGERY_CLASS_NAMES, FORGERY_CLASSES
 from fifa_lab.data.masks import box_to_mask, decode_rle, encode_rle
 from fifa_lab.data.records import REAL_TEXT, decode_label_map
@@ -51,6 +52,14 @@ _BOX = re.compile(r"\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(
 
 
 # --- boxes as text --------------------------------------------------------------------------------------
+
+
+def grounding_phrases(tree: ConceptTree | None = None) -> tuple[str, ...]:
+    """Every ``<p>`` phrase a target of these tasks grounds: each concept of ``tree`` (default FICT) as the
+    annotator names it (AGE, R-AGE), then Loc's ``manipulated area``. A coarser tree's concepts are among
+    the FICT's, so the default also covers models trained on one."""
+    tree = tree or load_tree()
+    return (*(concept_phrase(tree, concept.id) for concept in tree if concept.id != tree.root), LOC_PHRASE)
 
 
 def format_box(box: Sequence[int]) -> str:
