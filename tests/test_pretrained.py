@@ -66,8 +66,9 @@ def test_only_lora_new_rows_and_heads_train(hf_paths: tuple[Path, Path]) -> None
     assert sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n) == lora
     lm_total = sum(p.numel() for p in model.lm.parameters())
     assert lora + new_rows < 0.15 * lm_total  # even at width 32 the LM itself barely trains
-    # at width 32 the heads (the concept pick alone is 33 x 114) weigh as much as the LM; real LMs dwarf them
-    assert trainable < 0.4 * total
+    # at width 32 the heads (the concept pick is 33 x 114, the concept token 226 x 32) weigh as much as the
+    # LM; real LMs dwarf them
+    assert trainable < 0.45 * total
 
 
 def test_training_moves_lora_not_the_vision_tower(hf_paths: tuple[Path, Path]) -> None:
