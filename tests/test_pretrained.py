@@ -34,8 +34,8 @@ def _batch(model: FiFaMLLM) -> dict:
 
 def _build(hf_paths: tuple[Path, Path]) -> FiFaMLLM:
     torch.manual_seed(2)
-    # a small mask decoder keeps the heads in proportion to the 32-wide stand-in models
-    return build_pretrained(*hf_paths, config=FiFaConfig(mask_decoder_dim=16, max_length=64))
+    # a small mask decoder and parsing layer keep the heads in proportion to the 32-wide stand-in models
+    return build_pretrained(*hf_paths, config=FiFaConfig(mask_decoder_dim=16, parsing_hidden=16, max_length=64))
 
 
 def test_builds_from_paths_and_forward_is_finite(hf_paths: tuple[Path, Path]) -> None:
@@ -66,8 +66,8 @@ def test_only_lora_new_rows_and_heads_train(hf_paths: tuple[Path, Path]) -> None
     assert sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n) == lora
     lm_total = sum(p.numel() for p in model.lm.parameters())
     assert lora + new_rows < 0.15 * lm_total  # even at width 32 the LM itself barely trains
-    # at width 32 the heads (the concept pick is 33 x 114, the concept token 226 x 32) weigh as much as the
-    # LM; real LMs dwarf them
+    # at width 32 the heads (the concept pick is 33 x 114, the concept token 226 x 32, the parsing layers
+    # 16 x 16 x 9 and 16 x 113) weigh as much as the LM; real LMs dwarf them
     assert trainable < 0.45 * total
 
 

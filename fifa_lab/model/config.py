@@ -69,6 +69,9 @@ class FiFaConfig:
     # 0 = no head. Classes: the FICT's 112 leaves + "no concept"
     parsing_weight: float = 1.0
     parsing_classes: int = 113
+    # channels of the parsing head's 3x3 layer before its per-pixel classifier (0 = a linear classifier, as
+    # in checkpoints from before it)
+    parsing_hidden: int = 64
     # the concept gate (mask_decoder.py): each [SEG] also picks the parsing classes its phrase names (or none)
     # and its mask is confined to the parsing head's probability of them; needs the parsing head. The
     # weight is that of the pick's loss (mask_decoder.pick_loss)
@@ -103,6 +106,8 @@ class FiFaConfig:
             raise ValueError(f"vision_stem must be 'conv' or 'patch', got {self.vision_stem!r}")
         if self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4 (the pixel decoder works at 1/4), got {self.image_size}")
+        if self.parsing_hidden < 0:
+            raise ValueError(f"parsing_hidden must be >= 0 (0 = a linear head), got {self.parsing_hidden}")
         if self.pixel_refine_blocks < 0:
             raise ValueError(f"pixel_refine_blocks must be >= 0 (0 = none), got {self.pixel_refine_blocks}")
         if self.parsing_classes < 2:
@@ -172,4 +177,5 @@ class FiFaConfig:
             data.setdefault("forensic_condition", False)
             data.setdefault("pixel_refine_blocks", 0)
             data.setdefault("concept_token", False)
+            data.setdefault("parsing_hidden", 0)
         return cls.from_dict(data)

@@ -11,6 +11,14 @@ a query alone did not learn to point at a concept. The concept gate of the mask 
 (``mask_decoder.py``) therefore confines each ``[SEG]`` mask to this head's probability of the concept its
 phrase names. Weighted by ``FiFaConfig.parsing_weight`` (0 = no head, no loss, no gate).
 
+The head was a linear 1x1 classifier, so that a concept it separates is one a ``[SEG]`` query can point
+at; with the gate the query no longer has to, and ``FiFaConfig.parsing_hidden`` puts a 3x3 layer first,
+so each pixel's leaf is read with its neighbours (a leaf's border is where its neighbour begins). Default
+run, seed 0, with the concept token, linear -> 64 channels: validation pixel accuracy 0.800 -> 0.824 and
+mean leaf IoU 0.317 -> 0.358; on 40 test samples per task RSeg mIoU 0.319 -> 0.376, AGE mask mIoU
+0.111 -> 0.129, mask recall 0.10 -> 0.15, grounding consistency 0.61 -> 0.63, Loc unchanged (0.72), TOE
+METEOR 0.320 -> 0.294 (the LM's text moves from run to run by about that much); training about 15% slower.
+
 With ``FiFaConfig.concept_token`` the head also tells the LM *where* the forgery head sees artifacts, in
 the FICT's words: :func:`concept_evidence` reads, per concept, how much of it the artifact map covers and
 how much of the artifact map lies in it, and :meth:`ParsingHead.token` turns that into one more image
@@ -43,14 +51,18 @@ class ParsingHead(nn.Module):
     def __init__(self, config: FiFaConfig) -> None:
         super().__init__()
         self.config = config
-        # linear, as the [SEG] query is: a concept the head separates is one a query can point at
-        self.classify = nn.Conv2d(config.mask_decoder_dim, config.parsing_classes, 1)
+        dim, hidden = config.mask_decoder_dim, config.parsing_hidden
+        # parsing_hidden = 0: linear, as the [SEG] query is; > 0: a 3x3 layer first, so each pixel's leaf is
+        # read with its neighbours (the concept gate, not the query, separates concepts)
+        self.context = nn.Sequential(nn.Conv2d(dim, hidden, 3, padding=1), nn.GroupNorm(1, hidden), nn.GELU()) \
+            if hidden else None
+        self.classify = nn.Conv2d(hidden or dim, config.parsing_classes, 1)
         # linear, as the forensic token is: the LM's own layers do the reading
         self.to_token = nn.Linear(2 * config.parsing_classes, config.lm_hidden_size) \
             if config.concept_token else None
 
     def forward(self, pixel: torch.Tensor) -> torch.Tensor:
-        return self.classify(pixel)
+        return self.classify(pixel if self.context is None else self.context(pixel))
 
     def token(self, logits: torch.Tensor, artifact_logits: torch.Tensor) -> torch.Tensor:
         """Concept logits ``(B, L, h, w)`` and the forgery head's artifact logits ``(B, H, W)`` -> the concept
