@@ -24,7 +24,7 @@ evidence, the map pooled to a ``LAYOUT`` x ``LAYOUT`` grid and the mean pixel em
 probabilities join the forensic token. Without it the LM had to find the class in the patch tokens
 alone and the default run answered Cls with 0.55-0.73 accuracy at macro-F1 0.18-0.36. With it the head
 is right on 0.84 of the validation images (0.81 before the pixel refine blocks of mask_decoder.py), but
-the LM's Cls answers rarely name the rarer classes (test 0.825, macro-F1 0.51, seed 0): the head knows
+the LM's Cls answers rarely name the rarer classes (test 0.825, macro-F1 0.48-0.51, seed 0): the head knows
 the class, the LM does not always say it. Giving the
 one-token Cls answer more weight makes the LM say it, at the explanations' cost (measured in the comments
 on ``trainer.DEFAULT_TASK_RATIOS`` and ``FiFaConfig.answer_averaging``).
