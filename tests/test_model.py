@@ -481,8 +481,8 @@ def test_overfit_two_samples_lowers_loss(batch: dict) -> None:
     # longer other one, and stopping is what is tested here
     images = [(im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for im in batch["images"]]
     regions = [None, batch["regions"][1].numpy().astype(bool)]
-    answers = model.generate_batch(images, PROMPTS, regions, max_new_tokens=24, phrases=None)
-    alone = [model.generate(im, prompt, region=region, max_new_tokens=24, phrases=None)
+    answers = model.generate_batch(images, PROMPTS, regions, max_new_tokens=24, constrain_phrases=False)
+    alone = [model.generate(im, prompt, region=region, max_new_tokens=24, constrain_phrases=False)
              for im, prompt, region in zip(images, PROMPTS, regions)]
     assert [a.text for a in answers] == [a.text for a in alone]
     lengths = [len(model._tokenize(a.text)) for a in alone]
@@ -520,7 +520,7 @@ def test_generated_phrases_come_from_the_vocabulary_once_each(model: FiFaMLLM) -
         biased.bias[eager.token_ids["<p>"]] = 100.0
     eager.lm.lm_head = biased
     image = np.full((SIZE, SIZE, 3), 90, np.uint8)
-    free = eager.generate(image, PROMPTS[0], max_new_tokens=12, phrases=None)
+    free = eager.generate(image, PROMPTS[0], max_new_tokens=12, constrain_phrases=False)
     assert free.text.count("<p>") == 12 and not free.phrases
     vocabulary = ["the left eye", "the mouth"]
     constrained = eager.generate(image, PROMPTS[0], max_new_tokens=16, phrases=vocabulary)

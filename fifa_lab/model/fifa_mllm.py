@@ -50,8 +50,6 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 ARCHITECTURE_FILE = "architecture.json"  # only for pretrained builds: the HF configs to rebuild their modules
-# what generate's <p> phrases may be by default: the FICT's concepts as the annotator names them, and Loc's
-GROUNDING_PHRASES = grounding_phrases()
 _PHRASE = re.compile(re.escape(PHRASE_START) + r"(.*?)" + re.escape(PHRASE_END), re.S)
 
 
@@ -386,31 +384,25 @@ class FiFaMLLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, image: np.ndarray, prompt: str, region: Any = None, max_new_tokens: int = 64,
-                 do_sample: bool = False, temperature: float = 1.0,
-                 phrases: Sequence[str] | None = GROUNDING_PHRASES) -> Response:
+                 do_sample: bool = False, temperature: float = 1.0, constrain_phrases: bool = True,
+                 phrases: Sequence[str] | None = None) -> Response:
         """Answer ``prompt`` about ``image`` ``(H, W, 3)`` uint8; ``region`` is a mask ``(H, W)`` or a box.
 
         Decodes token by token with the LM's KV cache, then :meth:`ground` turns each ``[SEG]`` into a mask.
-        Each ``<p>`` phrase of the answer is one of ``phrases``, none twice (:class:`PhraseConstraint`; the
-        default: the FICT's concept phrases and Loc's); ``phrases=None`` decodes them freely.
+        With ``constrain_phrases`` each ``<p>`` phrase of the answer is one of ``phrases``, none twice
+        (:class:`PhraseConstraint`; ``phrases=None``: the FICT's concepts as the annotator names them, and
+        Loc's phrase, :func:`fifa_lab.tasks.fifa11.grounding_phrases`); ``constrain_phrases=False`` decodes
+        them freely.
         """
         return self.generate_batch([image], [prompt], [region], max_new_tokens=max_new_tokens,
-                                   do_sample=do_sample, temperature=temperature, phrases=phrases)[0]
-
-    def _phrase_constraint(self, phrases: tuple[str, ...]) -> PhraseConstraint:
-        """The :class:`PhraseConstraint` of ``phrases`` in this model's tokens (kept for the next call)."""
-        cached = getattr(self, "_constraint", None)
-        if cached is None or cached[0] != phrases:
-            tokens = [self._tokenize(phrase) for phrase in phrases]
-            cached = (phrases, PhraseConstraint(tokens, self.token_ids[PHRASE_START], self.token_ids[PHRASE_END]))
-            self._constraint = cached
-        return cached[1]
+                                   do_sample=do_sample, temperature=temperature,
+                                   constrain_phrases=constrain_phrases, phrases=phrases)[0]
 
     @torch.no_grad()
     def generate_batch(self, images: Sequence[np.ndarray], prompts: Sequence[str],
                        regions: Sequence[Any] | None = None, max_new_tokens: int = 64, do_sample: bool = False,
-                       temperature: float = 1.0,
-                       phrases: Sequence[str] | None = GROUNDING_PHRASES) -> list[Response]:
+                       temperature: float = 1.0, constrain_phrases: bool = True,
+                       phrases: Sequence[str] | None = None) -> list[Response]:
         """:meth:`generate` for several ``(image, prompt, region)`` at once, decoded together.
 
         Prompts are left-padded (positions count real tokens only), so every row's next token is the last
@@ -435,7 +427,10 @@ class FiFaMLLM(nn.Module):
         # input-only tokens must never be emitted: an answer cannot carry a new image or region
         banned = [self.token_ids[t] for t in (IMAGE_TOKEN, REGION_TOKEN, self.config.pad_token, self.config.bos_token)]
         answers: list[list[int]] = [[] for _ in prompts]
-        constraint = None if phrases is None else self._phrase_constraint(tuple(phrases))
+        constraint = None
+        if constrain_phrases:
+            vocabulary = [self._tokenize(phrase) for phrase in (grounding_phrases() if phrases is None else phrases)]
+            constraint = PhraseConstraint(vocabulary, self.token_ids[PHRASE_START], self.token_ids[PHRASE_END])
         done = torch.zeros(len(prompts), dtype=torch.bool, device=pixels.device)
         for step in range(max_new_tokens):
             logits = output.logits[:, -1].float().clone()

@@ -17,7 +17,8 @@ so each pixel's leaf is read with its neighbours (a leaf's border is where its n
 run, seed 0, with the concept token, linear -> 64 channels: validation pixel accuracy 0.800 -> 0.824 and
 mean leaf IoU 0.317 -> 0.358; on 40 test samples per task RSeg mIoU 0.319 -> 0.376, AGE mask mIoU
 0.111 -> 0.129, mask recall 0.10 -> 0.15, grounding consistency 0.61 -> 0.63, Loc unchanged (0.72), TOE
-METEOR 0.320 -> 0.294 (the LM's text moves from run to run by about that much); training about 15% slower.
+METEOR 0.320 -> 0.294 (the LM's text moves from run to run by about that much). Training took 1,297 s,
+against 1,093 s for notebook 04 with the linear head (different hours, so the cost is roughly a fifth).
 
 With ``FiFaConfig.concept_token`` the head also tells the LM *where* the forgery head sees artifacts, in
 the FICT's words: :func:`concept_evidence` reads, per concept, how much of it the artifact map covers and
