@@ -190,15 +190,48 @@ def test_parsing_context_layer_reads_neighbours_and_older_heads_load_without_it(
         FiFaConfig(parsing_hidden=-1)
     linear = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_hidden=0).eval()
     assert linear.parsing_head.context is None
-    linear.save_pretrained(tmp_path / "old")
-    config = json.loads((tmp_path / "old" / "config.json").read_text())
-    del config["parsing_hidden"]  # what an older checkpoint wrote
-    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
-    loaded = FiFaMLLM.from_pretrained(tmp_path / "old")
+    loaded = _reload_without(linear, tmp_path, "parsing_hidden")
     assert loaded.parsing_head.context is None
+    _assert_same_grounding(loaded, linear)
+
+
+def _reload_without(model: FiFaMLLM, tmp_path, *fields: str) -> FiFaMLLM:
+    """``model`` saved and loaded again with ``fields`` left out of its config, as an older checkpoint wrote it."""
+    model.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    for name in fields:
+        del config[name]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    return FiFaMLLM.from_pretrained(tmp_path / "old")
+
+
+def _assert_same_grounding(loaded: FiFaMLLM, original: FiFaMLLM) -> None:
     image = np.full((SIZE, SIZE, 3), 90, np.uint8)
     answer = "<p>the mouth</p> [SEG]"
-    assert np.array_equal(loaded.ground(image, PROMPTS[0], answer).masks, linear.ground(image, PROMPTS[0], answer).masks)
+    assert np.array_equal(loaded.ground(image, PROMPTS[0], answer).masks,
+                          original.ground(image, PROMPTS[0], answer).masks)
+
+
+def test_parsing_head_reads_position_and_older_heads_load_without_it(tmp_path) -> None:
+    torch.manual_seed(0)
+    placed = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY).eval()
+    head, low = placed.parsing_head, SIZE // 4
+    assert placed.config.parsing_position and head.prior.shape == (placed.config.parsing_classes, low, low)
+    assert not head.prior.any()  # the learned map starts neutral
+    same = torch.ones(1, TINY["mask_decoder_dim"], low, low)  # every pixel looks alike
+    with torch.no_grad():
+        plain = head(same)
+        # the coordinates alone already tell pixels apart
+        assert not torch.allclose(plain[0, :, 3, 3], plain[0, :, 3, low - 4])
+        head.prior[5, :, : low // 2] = 100.0  # class 5 lies on the left
+        sure = head(same)[0].argmax(0)
+    assert (sure[:, : low // 2] == 5).all() and (sure[:, low // 2:] != 5).all()
+    old = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_position=False).eval()
+    assert old.parsing_head.prior is None and torch.allclose(old.parsing_head(same)[0, :, 3, 3],
+                                                             old.parsing_head(same)[0, :, 3, low - 4])
+    loaded = _reload_without(old, tmp_path, "parsing_position")
+    assert loaded.parsing_head.prior is None
+    _assert_same_grounding(loaded, old)
 
 
 def test_checkpoint_from_before_the_parsing_head_loads_without_one(model: FiFaMLLM, tmp_path) -> None:

@@ -72,6 +72,9 @@ class FiFaConfig:
     # channels of the parsing head's 3x3 layer before its per-pixel classifier (0 = a linear classifier, as
     # in checkpoints from before it)
     parsing_hidden: int = 64
+    # the parsing head also reads each pixel's position and adds a learned per-class logit map (0 = neither,
+    # as in checkpoints from before it)
+    parsing_position: bool = True
     # the concept gate (mask_decoder.py): each [SEG] also picks the parsing classes its phrase names (or none)
     # and its mask is confined to the parsing head's probability of them; needs the parsing head. The
     # weight is that of the pick's loss (mask_decoder.pick_loss)
@@ -168,7 +171,8 @@ class FiFaConfig:
         """A config written by :meth:`save`; one from before the parsing head (no ``parsing_weight``),
         the concept gate (no ``concept_gate``), the forgery classes (no ``forgery_classes``), the forensic
         condition (no ``forensic_condition``), the pixel refine blocks (no ``pixel_refine_blocks``) or the
-        concept token (no ``concept_token``) loads without them, as its checkpoint has no weights for them."""
+        concept token (no ``concept_token``), the parsing layer (no ``parsing_hidden``) or the parsing head's
+        position (no ``parsing_position``) loads without them, as its checkpoint has no weights for them."""
         data = json.loads(Path(path).read_text())
         if isinstance(data, dict):
             data.setdefault("parsing_weight", 0.0)
@@ -178,4 +182,5 @@ class FiFaConfig:
             data.setdefault("pixel_refine_blocks", 0)
             data.setdefault("concept_token", False)
             data.setdefault("parsing_hidden", 0)
+            data.setdefault("parsing_position", False)
         return cls.from_dict(data)
