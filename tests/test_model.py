@@ -182,10 +182,10 @@ def test_parsing_context_layer_reads_neighbours_and_older_heads_load_without_it(
     nudged[0, :, 5, 6] += 1.0
     change = (head(nudged) - logits).abs().sum(1)[0]
     # a 3x3 layer: the nudged pixel and its 8 neighbours move; further away only the GroupNorm statistics
-    # shift, by far less
+    # shift, by far less (9x to 17x less over four initialisations, so the bound leaves room)
     near = change[4:7, 5:8].clone()
     change[4:7, 5:8] = 0
-    assert near.min() > 10 * change.max()
+    assert near.min() > 5 * change.max()
     with pytest.raises(ValueError, match="parsing_hidden"):
         FiFaConfig(parsing_hidden=-1)
     linear = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_hidden=0).eval()
