@@ -72,8 +72,8 @@ class FiFaConfig:
     # channels of the parsing head's 3x3 layer before its per-pixel classifier (0 = a linear classifier, as
     # in checkpoints from before it)
     parsing_hidden: int = 64
-    # the parsing head also reads each pixel's position and adds a learned per-class logit map (0 = neither,
-    # as in checkpoints from before it)
+    # the parsing head also reads each pixel's position and adds a learned per-class logit map (False =
+    # neither, as in checkpoints from before it)
     parsing_position: bool = True
     # the concept gate (mask_decoder.py): each [SEG] also picks the parsing classes its phrase names (or none)
     # and its mask is confined to the parsing head's probability of them; needs the parsing head. The

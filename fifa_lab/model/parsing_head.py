@@ -30,8 +30,9 @@ validation images pixel accuracy 0.818 -> 0.831 and mean leaf IoU 0.368 -> 0.401
 task grounding consistency 0.42 -> 0.72, RSeg mIoU 0.405 -> 0.413, AGE mask recall 0.114 -> 0.118, but AGE
 mIoU 0.108 -> 0.091 and Cls 0.75 -> 0.72 (Det 0.908 -> 0.917); notebook 04 took 1,230 s. Drawing the FICT
 at full resolution from a landmark head's 68 points (heatmaps and soft-argmax on the pixel embeddings)
-was tried instead and not kept: after 1,600 steps its points were 6 pixels off, and its drawn map (leaf
-IoU 0.34 on 20 validation images) was no better than this head's (0.35).
+was tried instead and not kept: its points were 6 pixels off at step 1,200 (30 validation images), and
+after 1,600 steps its drawn map (leaf IoU 0.34 on 20 validation images) was no better than this head's
+(0.35).
 
 With ``FiFaConfig.concept_token`` the head also tells the LM *where* the forgery head sees artifacts, in
 the FICT's words: :func:`concept_evidence` reads, per concept, how much of it the artifact map covers and
