@@ -188,11 +188,38 @@ def test_parsing_context_layer_reads_neighbours_and_older_heads_load_without_it(
     assert near.min() > 5 * change.max()
     with pytest.raises(ValueError, match="parsing_hidden"):
         FiFaConfig(parsing_hidden=-1)
-    linear = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_hidden=0).eval()
+    linear = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_hidden=0, parsing_context_blocks=0).eval()
     assert linear.parsing_head.context is None
     loaded = _reload_without(linear, tmp_path, "parsing_hidden")
     assert loaded.parsing_head.context is None
     _assert_same_grounding(loaded, linear)
+
+
+def test_parsing_context_blocks_widen_the_view_and_older_heads_load_without_them(tmp_path) -> None:
+    torch.manual_seed(0)
+    wide = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_hidden=8).eval()
+    head, low = wide.parsing_head, SIZE // 4
+    assert [block.body[0].dilation for block in head.wide] == [(2, 2), (4, 4), (8, 8)]
+    pixel = torch.rand(1, TINY["mask_decoder_dim"], low, low)
+    nudged = pixel.clone()
+    nudged[0, :, 3, 3] += 1.0
+    with torch.no_grad():
+        # a new block is the identity: the 3x3 layer alone decides, as before the blocks
+        change = (head(nudged) - head(pixel)).abs().sum(1)[0]
+        assert change[3, 7] < change[3, 4] / 20
+        for block in head.wide:
+            torch.nn.init.normal_(block.body[-1].weight, std=0.5)
+        change = (head(nudged) - head(pixel)).abs().sum(1)[0]
+    # trained, the nudge reaches up to 1 + 2 + 4 + 8 cells away (taps 2, 4 and 8 cells apart): cells 4 and 12
+    # away move by a sizeable share of what the neighbour does (seed 0: 0.6 and 0.25 of it)
+    assert change[3, 7] > change[3, 4] / 5 and change[3, 15] > change[3, 4] / 20
+    with pytest.raises(ValueError, match="parsing_context_blocks"):
+        FiFaConfig(parsing_hidden=0)  # the blocks widen the 3x3 layer's view: none without it
+    old = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_context_blocks=0).eval()
+    assert len(old.parsing_head.wide) == 0
+    loaded = _reload_without(old, tmp_path, "parsing_context_blocks")
+    assert len(loaded.parsing_head.wide) == 0
+    _assert_same_grounding(loaded, old)
 
 
 def _reload_without(model: FiFaMLLM, tmp_path, *fields: str) -> FiFaMLLM:
@@ -392,6 +419,15 @@ def test_concept_gate_confines_a_mask_to_the_picked_parsing_classes() -> None:
         logits = decoder(hidden, torch.randn(config.mask_decoder_dim, low, low), parse, hidden)[0]
     assert (logits[:, :SIZE // 2 - 4] > 0).all() and (logits[:, SIZE // 2 + 4:] < 0).all()
     assert float(logits.min()) == pytest.approx(3.0 + np.log(GATE_FLOOR), abs=1e-3)
+    # answering, the gate is applied at full size, to the upsampled parsing logits: the border lies where
+    # the two classes' logits cross (the middle), to the pixel
+    decoder.eval()
+    with torch.no_grad():
+        sharp = decoder(hidden, torch.randn(config.mask_decoder_dim, low, low), parse, hidden)[0]
+    assert (sharp[:, :SIZE // 2] > 0).all() and (sharp[:, SIZE // 2:] < 0).all()
+    assert not (logits[:, :SIZE // 2] > 0).all()  # the training gate blurs the border over a cell
+    assert torch.equal(sharp[:, :SIZE // 2 - 4], logits[:, :SIZE // 2 - 4])  # inside, the same as in training
+    decoder.train()
     with torch.no_grad():
         decoder.concept_pick[-1].bias.copy_(torch.tensor([-30.0, -30.0, -30.0, -30.0, 30.0]))  # names none: open
         assert (decoder(hidden, torch.randn(config.mask_decoder_dim, low, low), parse, hidden) > 0).all()

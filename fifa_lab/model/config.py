@@ -75,6 +75,9 @@ class FiFaConfig:
     # the parsing head also reads each pixel's position and adds a learned per-class logit map (False =
     # neither, as in checkpoints from before it)
     parsing_position: bool = True
+    # residual depthwise blocks after the parsing head's 3x3 layer, their taps 2, 4, 8, ... cells apart
+    # (0 = none, as in checkpoints from before them); need parsing_hidden > 0
+    parsing_context_blocks: int = 3
     # the concept gate (mask_decoder.py): each [SEG] also picks the parsing classes its phrase names (or none)
     # and its mask is confined to the parsing head's probability of them; needs the parsing head. The
     # weight is that of the pick's loss (mask_decoder.pick_loss)
@@ -111,6 +114,9 @@ class FiFaConfig:
             raise ValueError(f"image_size must be a multiple of 4 (the pixel decoder works at 1/4), got {self.image_size}")
         if self.parsing_hidden < 0:
             raise ValueError(f"parsing_hidden must be >= 0 (0 = a linear head), got {self.parsing_hidden}")
+        if self.parsing_context_blocks < 0 or (self.parsing_context_blocks and not self.parsing_hidden):
+            raise ValueError(f"parsing_context_blocks must be >= 0 and needs parsing_hidden > 0, got "
+                             f"{self.parsing_context_blocks} with parsing_hidden={self.parsing_hidden}")
         if self.pixel_refine_blocks < 0:
             raise ValueError(f"pixel_refine_blocks must be >= 0 (0 = none), got {self.pixel_refine_blocks}")
         if self.parsing_classes < 2:
@@ -172,7 +178,7 @@ class FiFaConfig:
         the concept gate (no ``concept_gate``), the forgery classes (no ``forgery_classes``), the forensic
         condition (no ``forensic_condition``), the pixel refine blocks (no ``pixel_refine_blocks``) or the
         concept token (no ``concept_token``), the parsing layer (no ``parsing_hidden``) or the parsing head's
-        position (no ``parsing_position``) loads without them, as its checkpoint has no weights for them."""
+        position (no ``parsing_position``) or context blocks (no ``parsing_context_blocks``) loads without them, as its checkpoint has no weights for them."""
         data = json.loads(Path(path).read_text())
         if isinstance(data, dict):
             data.setdefault("parsing_weight", 0.0)
@@ -183,4 +189,5 @@ class FiFaConfig:
             data.setdefault("concept_token", False)
             data.setdefault("parsing_hidden", 0)
             data.setdefault("parsing_position", False)
+            data.setdefault("parsing_context_blocks", 0)
         return cls.from_dict(data)

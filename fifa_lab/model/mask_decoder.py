@@ -56,11 +56,12 @@ def pick_loss(pick_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 class RefineBlock(nn.Module):
     """``(B, C, h, w)`` -> same: ``x + pointwise(GELU(GroupNorm(depthwise3x3(x))))``, the last layer zeroed so
-    a new block starts as the identity."""
+    a new block starts as the identity; ``dilation`` spaces the 3x3 taps that many cells apart."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, dilation: int = 1) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, groups=dim), nn.GroupNorm(1, dim), nn.GELU(),
+        self.body = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=dilation, dilation=dilation, groups=dim),
+                                  nn.GroupNorm(1, dim), nn.GELU(),
                                   nn.Conv2d(dim, dim, 1))
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
@@ -122,11 +123,19 @@ class MaskDecoder(nn.Module):
         phrase embeddings ``(K, D_lm)`` (``FiFaMLLM._seg_phrases``)."""
         queries = self.query_proj(seg_hidden)  # (K, C)
         low = torch.einsum("kc,chw->khw", queries, pixel_embeds)
-        if self.concept_pick is not None:
-            if parse_logits is None or phrases is None:
-                raise ValueError("the concept gate needs the image's parsing logits (L, H/4, W/4) and the "
-                                 "phrase embeddings (K, D)")
-            mass = gate_mass(self.concept_pick(phrases), parse_logits)
-            low = low + self.query_bias(seg_hidden)[:, :, None] + mass.clamp_min(GATE_FLOOR).log()
         full = self.config.image_size
-        return F.interpolate(low[:, None], size=(full, full), mode="bilinear", align_corners=False)[:, 0]
+        if self.concept_pick is None:
+            return F.interpolate(low[:, None], size=(full, full), mode="bilinear", align_corners=False)[:, 0]
+        if parse_logits is None or phrases is None:
+            raise ValueError("the concept gate needs the image's parsing logits (L, H/4, W/4) and the "
+                             "phrase embeddings (K, D)")
+        low = low + self.query_bias(seg_hidden)[:, :, None]
+        pick = self.concept_pick(phrases)
+        if self.training:  # at 1/4: the full-size gate below costs ~18x more time per [SEG] to train
+            low = low + gate_mass(pick, parse_logits).clamp_min(GATE_FLOOR).log()
+            return F.interpolate(low[:, None], size=(full, full), mode="bilinear", align_corners=False)[:, 0]
+        # answering, gated at full size: the parsing logits are upsampled before their softmax, so a concept's
+        # border follows the logits' crossing rather than a blend of log-masses across a 4-pixel cell
+        parse = F.interpolate(parse_logits[None], size=(full, full), mode="bilinear", align_corners=False)[0]
+        return (F.interpolate(low[:, None], size=(full, full), mode="bilinear", align_corners=False)[:, 0]
+                + gate_mass(pick, parse).clamp_min(GATE_FLOOR).log())

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fifa_lab.model.config import FiFaConfig
+from fifa_lab.model.mask_decoder import RefineBlock
 
 # targets: leaf index + 1, so 0 is "no concept" (background, hair); pixels to skip (an image without a
 # label map) carry IGNORE_LABEL
@@ -74,6 +75,9 @@ class ParsingHead(nn.Module):
         # read with its neighbours (the concept gate, not the query, separates concepts)
         self.context = nn.Sequential(nn.Conv2d(inputs, hidden, 3, padding=1), nn.GroupNorm(1, hidden), nn.GELU()) \
             if hidden else None
+        # parsing_context_blocks: residual depthwise blocks whose taps lie 2, 4, 8, ... cells apart, so a cell
+        # is read with the face around it (where the jaw line runs decides "left chin" vs "under-jaw")
+        self.wide = nn.Sequential(*(RefineBlock(hidden, 2 ** (k + 1)) for k in range(config.parsing_context_blocks)))
         self.classify = nn.Conv2d(hidden or inputs, config.parsing_classes, 1)
         low = config.image_size // 4
         self.prior = nn.Parameter(torch.zeros(config.parsing_classes, low, low)) if config.parsing_position else None
@@ -87,7 +91,7 @@ class ParsingHead(nn.Module):
             ys, xs = torch.meshgrid(torch.linspace(-1, 1, height, device=pixel.device, dtype=pixel.dtype),
                                     torch.linspace(-1, 1, width, device=pixel.device, dtype=pixel.dtype), indexing="ij")
             pixel = torch.cat([pixel, torch.stack([xs, ys]).expand(batch, 2, height, width)], 1)
-        logits = self.classify(pixel if self.context is None else self.context(pixel))
+        logits = self.classify(pixel if self.context is None else self.wide(self.context(pixel)))
         return logits if self.prior is None else logits + self.prior
 
     def token(self, logits: torch.Tensor, artifact_logits: torch.Tensor) -> torch.Tensor:
