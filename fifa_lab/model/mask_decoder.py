@@ -24,6 +24,13 @@ about 0 inside the named concept, about ``log(GATE_FLOOR)`` outside. The query t
 of its leaves for free. The pick's loss sums its per-class BCE: averaged over 113 classes, the one or
 few named leaves hardly counted and the pick stayed at the class prior (tried in the default run; read
 from the LM's state at ``[SEG]`` instead of the phrase, it stayed there too).
+
+Answering, the gate is applied at full size: the parsing logits are upsampled before their softmax, so
+a concept's border lies where its logits cross its neighbour's, to the pixel, rather than being blurred
+over a 4-pixel cell by upsampling the log-mass. Default run, 120 test samples per task: RSeg mIoU
+0.413 -> 0.429 (0.529 -> 0.549 with the parsing context blocks), grounding consistency 0.72 -> 0.72
+(0.715 -> 0.734). Training keeps the 1/4 gate: the full-size one cost ~18x the time per ``[SEG]``
+(softmax and backward over 113 maps of 256 x 256).
 """
 from __future__ import annotations
 
