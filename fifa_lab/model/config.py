@@ -177,8 +177,9 @@ class FiFaConfig:
         """A config written by :meth:`save`; one from before the parsing head (no ``parsing_weight``),
         the concept gate (no ``concept_gate``), the forgery classes (no ``forgery_classes``), the forensic
         condition (no ``forensic_condition``), the pixel refine blocks (no ``pixel_refine_blocks``) or the
-        concept token (no ``concept_token``), the parsing layer (no ``parsing_hidden``) or the parsing head's
-        position (no ``parsing_position``) or context blocks (no ``parsing_context_blocks``) loads without them, as its checkpoint has no weights for them."""
+        concept token (no ``concept_token``), the parsing layer (no ``parsing_hidden``), the parsing head's
+        position (no ``parsing_position``) or its context blocks (no ``parsing_context_blocks``) loads without
+        them, as its checkpoint has no weights for them."""
         data = json.loads(Path(path).read_text())
         if isinstance(data, dict):
             data.setdefault("parsing_weight", 0.0)
