@@ -10,6 +10,7 @@ import torch
 
 from conftest import HF_SIZE
 from conftest import TINY_CONFIG as TINY
+from fifa_lab.data import load_datasets
 from fifa_lab.data.build import build_dataset
 from fifa_lab.model import FiFaMLLM
 from fifa_lab.train import TrainConfig, train
@@ -65,6 +66,13 @@ def test_tiny_run_resumes_with_its_own_tokenizer(data_dir: Path, tmp_path: Path)
     result = train(run, resumed, TrainConfig(**{**config.__dict__, "stop_after": None}))
     assert (result["start_step"], result["step"]) == (2, 4)
     assert [row["step"] for row in read_log(run)] == [1, 2, 3, 4]
+
+
+def test_a_new_model_names_the_concepts_of_its_runs_tree(tmp_path: Path) -> None:
+    build_dataset(tmp_path / "coarse", n_faces=2, size=HF_SIZE, ratios=(1.0, 0.0, 0.0), concept_depth=1)
+    model = prepare_model(tmp_path / "coarse", ModelChoice(config=TINY, tokenizer_vocab_size=300))
+    assert model.concept_tree.to_dict() == load_datasets(tmp_path / "coarse").tree.to_dict()
+    assert len(model.concept_tree.leaves()) == 12
 
 
 def test_pretrained_backbone_with_lora_trains_through_the_same_trainer(data_dir: Path, tmp_path: Path,

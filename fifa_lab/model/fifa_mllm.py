@@ -34,15 +34,18 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from fifa_lab.annotate.explain import MAX_SEGMENTS
 from fifa_lab.data.masks import box_to_mask
+from fifa_lab.fict.tree import ConceptTree, load_tree
 from fifa_lab.io import atomic_path
+from fifa_lab.model.concept_candidates import propose
 from fifa_lab.model.config import PHRASE_END, PHRASE_START, FiFaConfig
 from fifa_lab.model.forgery_head import ForgeryHead
 from fifa_lab.model.image_encoder import ImageEncoder
 from fifa_lab.model.mask_decoder import MaskDecoder, pick_loss
 from fifa_lab.model.parsing_head import ParsingHead
 from fifa_lab.model.region_encoder import RegionEncoder
-from fifa_lab.tasks.fifa11 import grounding_phrases
+from fifa_lab.tasks.fifa11 import LOC_PHRASE, grounding_phrases
 from fifa_lab.tasks.registry import IMAGE_TOKEN, REGION_TOKEN, SEG_TOKEN
 
 IGNORE_INDEX = -100  # label value the LM's cross-entropy skips
@@ -50,6 +53,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 ARCHITECTURE_FILE = "architecture.json"  # only for pretrained builds: the HF configs to rebuild their modules
+TREE_FILE = "concept_tree.json"  # the tree whose leaves the parsing head's classes are (absent: the FICT)
 _PHRASE = re.compile(re.escape(PHRASE_START) + r"(.*?)" + re.escape(PHRASE_END), re.S)
 
 
@@ -101,11 +105,12 @@ class FiFaMLLM(nn.Module):
 
     ``image_encoder`` and ``lm`` replace the tiny ViT and Llama when given (the pretrained build,
     :func:`fifa_lab.model.pretrained.build_pretrained`); the encoder must return what :class:`ImageEncoder`
-    returns and the LM must accept ``inputs_embeds`` like a transformers causal LM.
+    returns and the LM must accept ``inputs_embeds`` like a transformers causal LM. ``concept_tree`` is the
+    tree whose leaves the parsing head's classes are (default the FICT), whose concepts answers name.
     """
 
     def __init__(self, config: FiFaConfig, tokenizer: PreTrainedTokenizerFast, image_encoder: nn.Module | None = None,
-                 lm: nn.Module | None = None) -> None:
+                 lm: nn.Module | None = None, concept_tree: ConceptTree | None = None) -> None:
         super().__init__()
         if config.vocab_size != len(tokenizer):
             raise ValueError(f"config.vocab_size={config.vocab_size} but the tokenizer has {len(tokenizer)} ids; "
@@ -134,6 +139,10 @@ class FiFaMLLM(nn.Module):
         self.mask_decoder = MaskDecoder(config)
         self.forgery_head = ForgeryHead(config)
         self.parsing_head = ParsingHead(config) if config.parsing_weight else None
+        self.concept_tree = concept_tree or load_tree()
+        if self.parsing_head is not None and len(self.concept_tree.leaves()) + 1 > config.parsing_classes:
+            raise ValueError(f"the concept tree has {len(self.concept_tree.leaves())} leaves but the parsing head "
+                             f"{config.parsing_classes} classes (leaves + 'no concept'); set parsing_classes")
 
     # --- text ---------------------------------------------------------------------------------------
 
@@ -385,24 +394,28 @@ class FiFaMLLM(nn.Module):
     @torch.no_grad()
     def generate(self, image: np.ndarray, prompt: str, region: Any = None, max_new_tokens: int = 64,
                  do_sample: bool = False, temperature: float = 1.0, constrain_phrases: bool = True,
-                 phrases: Sequence[str] | None = None) -> Response:
+                 phrases: Sequence[str] | None = None, propose_concepts: bool = True) -> Response:
         """Answer ``prompt`` about ``image`` ``(H, W, 3)`` uint8; ``region`` is a mask ``(H, W)`` or a box.
 
         Decodes token by token with the LM's KV cache, then :meth:`ground` turns each ``[SEG]`` into a mask.
         With ``constrain_phrases`` each ``<p>`` phrase of the answer is one of ``phrases``, none twice
         (:class:`PhraseConstraint`; ``phrases=None``: the FICT's concepts as the annotator names them, and
         Loc's phrase, :func:`fifa_lab.tasks.fifa11.grounding_phrases`); ``constrain_phrases=False`` decodes
-        them freely.
+        them freely. With ``propose_concepts`` (and ``phrases=None``) an answer about the whole image (no
+        ``region``) names only the concepts the parsing and forgery heads propose, where they propose any
+        (:mod:`fifa_lab.model.concept_candidates`), or Loc's phrase. Loc's phrase never shares an answer
+        with a concept's.
         """
         return self.generate_batch([image], [prompt], [region], max_new_tokens=max_new_tokens,
                                    do_sample=do_sample, temperature=temperature,
-                                   constrain_phrases=constrain_phrases, phrases=phrases)[0]
+                                   constrain_phrases=constrain_phrases, phrases=phrases,
+                                   propose_concepts=propose_concepts)[0]
 
     @torch.no_grad()
     def generate_batch(self, images: Sequence[np.ndarray], prompts: Sequence[str],
                        regions: Sequence[Any] | None = None, max_new_tokens: int = 64, do_sample: bool = False,
                        temperature: float = 1.0, constrain_phrases: bool = True,
-                       phrases: Sequence[str] | None = None) -> list[Response]:
+                       phrases: Sequence[str] | None = None, propose_concepts: bool = True) -> list[Response]:
         """:meth:`generate` for several ``(image, prompt, region)`` at once, decoded together.
 
         Prompts are left-padded (positions count real tokens only), so every row's next token is the last
@@ -427,21 +440,22 @@ class FiFaMLLM(nn.Module):
         # input-only tokens must never be emitted: an answer cannot carry a new image or region
         banned = [self.token_ids[t] for t in (IMAGE_TOKEN, REGION_TOKEN, self.config.pad_token, self.config.bos_token)]
         answers: list[list[int]] = [[] for _ in prompts]
-        constraint = None
-        if constrain_phrases:
-            vocabulary = [self._tokenize(phrase) for phrase in (grounding_phrases() if phrases is None else phrases)]
-            constraint = PhraseConstraint(vocabulary, self.token_ids[PHRASE_START], self.token_ids[PHRASE_END])
+        constraints = self._phrase_constraints(run, regions, phrases, propose_concepts) if constrain_phrases \
+            else [None] * len(prompts)
         done = torch.zeros(len(prompts), dtype=torch.bool, device=pixels.device)
         for step in range(max_new_tokens):
             logits = output.logits[:, -1].float().clone()
             logits[:, banned] = float("-inf")
-            if constraint is not None:
-                for row, answer in enumerate(answers):
-                    allowed = constraint.allowed(answer)
-                    if allowed is not None:
-                        keep = logits[row, allowed]
-                        logits[row] = float("-inf")
-                        logits[row, allowed] = keep
+            for row, (answer, constraint) in enumerate(zip(answers, constraints)):
+                if constraint is None:
+                    continue
+                allowed = constraint.allowed(answer)
+                if allowed is not None:
+                    keep = logits[row, allowed]
+                    logits[row] = float("-inf")
+                    logits[row, allowed] = keep
+                elif not constraint.may_open(answer):
+                    logits[row, constraint.start] = float("-inf")
             if do_sample:
                 tokens = torch.multinomial(F.softmax(logits / temperature, -1), 1)[:, 0]
             else:
@@ -463,6 +477,22 @@ class FiFaMLLM(nn.Module):
                              use_cache=True, **cache)
             positions = positions + 1
         return self.ground_batch(images, prompts, answers, regions)
+
+    def _phrase_constraints(self, run: _LMRun, regions: Sequence[Any], phrases: Sequence[str] | None,
+                            propose_concepts: bool) -> list[PhraseConstraint]:
+        """One :class:`PhraseConstraint` per row of ``run`` (see :meth:`generate` for the vocabulary)."""
+        start, end = self.token_ids[PHRASE_START], self.token_ids[PHRASE_END]
+        if phrases is not None:
+            return [PhraseConstraint([self._tokenize(p) for p in phrases], start, end)] * len(regions)
+        loc = self._tokenize(LOC_PHRASE)
+        vocabulary = PhraseConstraint([self._tokenize(p) for p in grounding_phrases()], start, end, alone=[loc])
+        constraints = []
+        for row, region in enumerate(regions):
+            proposed = propose(self.concept_tree, run.parse_logits[row], run.artifact_logits[row], MAX_SEGMENTS) \
+                if propose_concepts and region is None and run.parse_logits is not None else []
+            constraints.append(PhraseConstraint([self._tokenize(c.phrase) for c in proposed] + [loc], start, end,
+                                                alone=[loc]) if proposed else vocabulary)
+        return constraints
 
     def _batch_tensors(self, images: Sequence[np.ndarray], prompts: Sequence[str],
                        regions: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -546,7 +576,8 @@ class FiFaMLLM(nn.Module):
         """Write ``config.json``, ``model.safetensors`` and ``tokenizer/`` under ``directory``, atomically:
         an interrupted save leaves the previous checkpoint there, never a half-written one.
 
-        A pretrained build also writes ``architecture.json`` (its HF configs and LoRA settings)."""
+        A pretrained build also writes ``architecture.json`` (its HF configs and LoRA settings). The concept
+        tree goes to ``concept_tree.json``."""
         directory = Path(directory)
         with atomic_path(directory) as tmp:
             tmp.mkdir()
@@ -554,6 +585,7 @@ class FiFaMLLM(nn.Module):
             if self.pretrained_build:
                 from fifa_lab.model.pretrained import architecture_of  # lazy: pretrained imports this module
                 (tmp / ARCHITECTURE_FILE).write_text(json.dumps(architecture_of(self), indent=2) + "\n")
+            (tmp / TREE_FILE).write_text(json.dumps(self.concept_tree.to_dict()) + "\n")
             save_model(self, str(tmp / WEIGHTS_FILE))
             self.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         return directory
@@ -569,13 +601,15 @@ class FiFaMLLM(nn.Module):
                                     "pass a folder written by FiFaMLLM.save_pretrained (e.g. runs/<name>/model/best)")
         config = FiFaConfig.load(directory / CONFIG_FILE)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory / TOKENIZER_DIR))
+        tree_file = directory / TREE_FILE  # a checkpoint from before it was saved: the FICT
+        tree = load_tree(tree_file) if tree_file.exists() else None
         if (directory / ARCHITECTURE_FILE).exists():
             from fifa_lab.model.pretrained import modules_from_architecture  # lazy: pretrained imports this module
             architecture = json.loads((directory / ARCHITECTURE_FILE).read_text())
             image_encoder, lm = modules_from_architecture(architecture)
-            model = cls(config, tokenizer, image_encoder=image_encoder, lm=lm)
+            model = cls(config, tokenizer, image_encoder=image_encoder, lm=lm, concept_tree=tree)
         else:
-            model = cls(config, tokenizer)
+            model = cls(config, tokenizer, concept_tree=tree)
         load_model(model, str(directory / WEIGHTS_FILE), device=str(device))
         return model.to(device).eval()
 
@@ -602,16 +636,24 @@ class PhraseConstraint:
     concept token (``FiFaConfig.concept_token``) the model repeated one well-parsed concept ("the right
     eye") and constraining it moved grounding consistency 0.97 -> 0.77 at the same mIoU (0.036): the
     replacement concepts are smaller and their masks overflow them.
+
+    A phrase in ``alone`` (Loc's "manipulated area") shares an answer with no other, and no phrase opens
+    once none is left (:meth:`may_open`): confined to the few proposed concepts
+    (:mod:`fifa_lab.model.concept_candidates`), the model went on past them, and 11 of 120 test AGE answers
+    then named the manipulated area among concepts or an empty ``<p></p>``.
     """
 
-    def __init__(self, phrases: Sequence[Sequence[int]], start: int, end: int) -> None:
+    def __init__(self, phrases: Sequence[Sequence[int]], start: int, end: int,
+                 alone: Sequence[Sequence[int]] = ()) -> None:
         if not phrases or any(not phrase for phrase in phrases):
             raise ValueError("the phrase vocabulary must hold at least one phrase, none of them empty")
         self.phrases = [tuple(phrase) for phrase in dict.fromkeys(tuple(p) for p in phrases)]
+        # phrases that share an answer with no other (Loc's "manipulated area" is never one of several concepts)
+        self.alone = {tuple(phrase) for phrase in alone}
         self.start, self.end = start, end
 
-    def allowed(self, answer: Sequence[int]) -> list[int] | None:
-        """The tokens allowed after ``answer`` (token ids so far), or ``None`` outside a phrase (any token)."""
+    def _read(self, answer: Sequence[int]) -> tuple[set[tuple[int, ...]], list[int] | None]:
+        """The phrases ``answer`` has closed, and the tokens of the one it has open (``None``: none open)."""
         used, current = set(), None
         for token in answer:
             if token == self.start:
@@ -621,13 +663,27 @@ class PhraseConstraint:
                 current = None
             elif current is not None:
                 current.append(token)
+        return used, current
+
+    def _left(self, used: set[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        if used & self.alone:
+            return []
+        return [p for p in self.phrases if p not in used and not (used and p in self.alone)]
+
+    def allowed(self, answer: Sequence[int]) -> list[int] | None:
+        """The tokens allowed after ``answer`` (token ids so far), or ``None`` outside a phrase (any token)."""
+        used, current = self._read(answer)
         if current is None:
             return None
         prefix, size = tuple(current), len(current)
-        following = {phrase[size] if len(phrase) > size else self.end for phrase in self.phrases
-                     if phrase not in used and phrase[:size] == prefix}
+        following = {phrase[size] if len(phrase) > size else self.end for phrase in self._left(used)
+                     if phrase[:size] == prefix}
         # every phrase used up (or a prefix the vocabulary does not hold): only closing is left
         return sorted(following) if following else [self.end]
+
+    def may_open(self, answer: Sequence[int]) -> bool:
+        """Whether a new phrase may start after ``answer``: some phrase is still left to name."""
+        return bool(self._left(self._read(answer)[0]))
 
 
 def _pad_rows(rows: Sequence[Sequence[int]], pad: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from fifa_lab.fict.tree import ConceptTree
 from fifa_lab.model.config import FiFaConfig
 from fifa_lab.model.fifa_mllm import FiFaMLLM
 
@@ -72,13 +73,15 @@ class PretrainedImageEncoder(nn.Module):
 
 
 def build_pretrained(vision_path: str | Path, lm_path: str | Path, config: FiFaConfig | None = None,
-                     lora: LoraSettings | None = LoraSettings(), train_vision: bool = False) -> FiFaMLLM:
+                     lora: LoraSettings | None = LoraSettings(), train_vision: bool = False,
+                     concept_tree: ConceptTree | None = None) -> FiFaMLLM:
     """Build FiFa-MLLM from a local vision model folder and a local causal LM folder (with its tokenizer).
 
     ``config`` (default :class:`FiFaConfig`) gives the FiFa-only settings (special tokens, ``max_length``,
     ``mask_decoder_dim``, loss weights); image, patch, vision and LM sizes and ``vocab_size`` are replaced
     by the loaded models' values. ``lora=None`` trains the whole LM instead of adapters. ``train_vision``
-    unfreezes the vision tower. Raises FileNotFoundError / ValueError naming the bad path.
+    unfreezes the vision tower. ``concept_tree``: as for :class:`FiFaMLLM`. Raises FileNotFoundError /
+    ValueError naming the bad path.
     """
     config = config or FiFaConfig()
     tower, mean, std = _load_vision(Path(vision_path))
@@ -110,7 +113,8 @@ def build_pretrained(vision_path: str | Path, lm_path: str | Path, config: FiFaC
     if lora is not None:
         lm = get_peft_model(lm, _lora_config(lora.rank, lora.alpha, lora.dropout, lora.targets,
                                              _token_targets(lm, new_ids)))
-    return FiFaMLLM(config, tokenizer, image_encoder=PretrainedImageEncoder(tower, mean, std), lm=lm)
+    return FiFaMLLM(config, tokenizer, image_encoder=PretrainedImageEncoder(tower, mean, std), lm=lm,
+                    concept_tree=concept_tree)
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:

@@ -66,17 +66,18 @@ def prepare_model(run_dir: str | os.PathLike, choice: ModelChoice | None = None)
         return FiFaMLLM.from_pretrained(found[-1][1]).train()
     torch.manual_seed(choice.seed)
     config = dataclasses.replace(FiFaConfig(), **choice.config)
+    data = load_datasets(run_dir)
     if choice.backbone == "tiny":
-        samples = load_datasets(run_dir).samples["train"]
+        samples = data.samples["train"]
         count = min(len(samples), choice.tokenizer_texts)
         head = samples.select(range(count))
         texts = [f"{prompt} {target}" for prompt, target in zip(head["prompt"], head["target"])]
-        return build_tiny(texts, config, choice.tokenizer_vocab_size)
+        return build_tiny(texts, config, choice.tokenizer_vocab_size, concept_tree=data.tree)
     from fifa_lab.model.pretrained import LoraSettings, build_pretrained  # lazy: imports peft
 
     lora = LoraSettings(rank=choice.lora_rank, alpha=choice.lora_alpha, targets=tuple(choice.lora_targets)) \
         if choice.lora else None
-    return build_pretrained(choice.vision_path, choice.lm_path, config, lora=lora)
+    return build_pretrained(choice.vision_path, choice.lm_path, config, lora=lora, concept_tree=data.tree)
 
 
 def read_log(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
