@@ -35,6 +35,8 @@ from fifa_lab.train.trainer import DEFAULT_TASK_RATIOS, MODEL_DIR
 
 ABLATION_DIR = "ablations"
 RESULT_FILE = "result.json"
+# how answers are decoded, among the settings: a result decoded another way is not read back
+DECODING = "whole-image phrases confined to the proposed concepts (fifa_lab.model.concept_candidates)"
 # the arms are compared on the grounded explanation (the paper's Table 6) and on plain localisation;
 # Det is not among them because the no_aux arm never sees a Det question
 ABLATION_TASKS = ("Loc", "AGE")
@@ -140,7 +142,7 @@ def run_ablation(run_dir: str | os.PathLike, arm: str | Ablation, budget: Ablati
     model = FiFaConfig(**budget.model_config).to_dict()
     settings = {"arm": dataclasses.asdict(arm), "budget": dataclasses.asdict(budget), "per_task": per_task,
                 "seed": seed, "max_new_tokens": max_new_tokens, "tasks": list(ABLATION_TASKS),
-                "task_ratios": ratios, "model": model}
+                "task_ratios": ratios, "model": model, "decoding": DECODING}
     settings = json.loads(json.dumps(settings))  # tuples and mappings as JSON reads them back
     result_path = folder / RESULT_FILE
     if result_path.exists():
