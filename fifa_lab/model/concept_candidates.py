@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from fifa_lab.annotate.explain import MAX_SEGMENTS, concept_phrase, group_concepts
-from fifa_lab.fict.coverage import MIN_COVERAGE, MIN_SHARE, concept_overlaps
+from fifa_lab.fict.coverage import concepts_in_region
 from fifa_lab.fict.tree import ConceptTree
 
 ARTIFACT_PROBABILITY = 0.5  # a 1/4-resolution cell counts as edited from this mean artifact probability on
@@ -65,7 +65,7 @@ def propose(tree: ConceptTree, parse_logits: torch.Tensor, artifact_logits: torc
         return []
     n = len(tree.leaves())
     labels = np.where(labels < n, labels, -1)  # classes beyond the tree's leaves name nothing
-    hits = [h for h in concept_overlaps(tree, labels, region) if h.coverage >= MIN_COVERAGE or h.share >= MIN_SHARE]
+    hits = concepts_in_region(tree, labels, region)
     if not hits:
         return []
     visible = np.bincount(labels[labels >= 0].ravel(), minlength=n)[:n]

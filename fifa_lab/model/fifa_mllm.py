@@ -34,7 +34,6 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from fifa_lab.annotate.explain import MAX_SEGMENTS
 from fifa_lab.data.masks import box_to_mask
 from fifa_lab.fict.tree import ConceptTree, load_tree
 from fifa_lab.io import atomic_path
@@ -488,7 +487,7 @@ class FiFaMLLM(nn.Module):
         vocabulary = PhraseConstraint([self._tokenize(p) for p in grounding_phrases()], start, end, alone=[loc])
         constraints = []
         for row, region in enumerate(regions):
-            proposed = propose(self.concept_tree, run.parse_logits[row], run.artifact_logits[row], MAX_SEGMENTS) \
+            proposed = propose(self.concept_tree, run.parse_logits[row], run.artifact_logits[row]) \
                 if propose_concepts and region is None and run.parse_logits is not None else []
             constraints.append(PhraseConstraint([self._tokenize(c.phrase) for c in proposed] + [loc], start, end,
                                                 alone=[loc]) if proposed else vocabulary)
