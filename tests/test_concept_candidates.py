@@ -45,17 +45,15 @@ def test_an_edit_of_a_whole_concept_is_proposed_by_the_name_the_annotator_gives_
     tree = load_tree()
     logits = _sure_logits(face, len(tree.leaves()) + 1)
     cheek = [leaf.id for leaf in tree.leaves("cheek_left")]
-    candidate, *border = propose(tree, logits, _artifact_on(face, cheek))
-    assert candidate.phrase == "the left cheek"  # all five leaves hit: the parent is named, as annotations do
-    assert candidate.coverage > 0.9 and candidate.share > 0.9
-    # at 1/4 resolution a tiny neighbour can catch a border cell (a quarter of a 4-cell jaw angle)
-    assert all(c.share < 0.02 for c in border)
+    # all five leaves hit: the parent is named, as annotations do; at 1/4 resolution a tiny neighbour can
+    # catch a border cell (a quarter of a 4-cell jaw angle), but after the cheek
+    found = propose(tree, logits, _artifact_on(face, cheek))
+    assert found[0] == "the left cheek" and not any("cheek" in phrase for phrase in found[1:])
     # one leaf of it, and a second edit elsewhere: largest overlap first
     found = propose(tree, logits, _artifact_on(face, ["nose_tip", cheek[0]]))
     sizes = {leaf: int((face == tree.leaf_index[leaf]).sum()) for leaf in ("nose_tip", cheek[0])}
     expected = sorted(sizes, key=sizes.get, reverse=True)
-    assert [c.phrase for c in found[:2]] == [f"the {tree.get(leaf).name}" for leaf in expected]
-    assert all(c.share < 0.1 for c in found[2:])
+    assert found[:2] == [f"the {tree.get(leaf).name}" for leaf in expected]
 
 
 def test_nothing_is_proposed_without_an_edit_at_most_the_limit_with_a_large_one_and_bad_maps_refused(

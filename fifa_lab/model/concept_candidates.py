@@ -27,8 +27,6 @@ phrases copied at step 1,600) or, for half the images, from the annotation (1 of
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -40,22 +38,12 @@ from fifa_lab.fict.tree import ConceptTree
 ARTIFACT_PROBABILITY = 0.5  # a 1/4-resolution cell counts as edited from this mean artifact probability on
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One proposed concept: its ``phrase`` ("the left chin"), the share of it the artifact map covers
-    (``coverage``) and the share of the artifact map inside it (``share``)."""
-
-    phrase: str
-    coverage: float
-    share: float
-
-
 def propose(tree: ConceptTree, parse_logits: torch.Tensor, artifact_logits: torch.Tensor,
-            limit: int = MAX_SEGMENTS) -> list[Candidate]:
+            limit: int = MAX_SEGMENTS) -> list[str]:
     """The annotator's concept rule on one image's maps: parsing logits ``(L + 1, h, w)`` (class 0 = no
     concept, class k = leaf k - 1 of ``tree``) and artifact logits ``(H, W)``, ``H`` a multiple of ``h``,
-    read on the ``h`` x ``w`` grid. At most ``limit`` candidates, largest overlap first; none when no cell
-    is edited."""
+    read on the ``h`` x ``w`` grid -> at most ``limit`` concept phrases as the annotator writes them ("the
+    left chin"), largest overlap first; none when no cell is edited."""
     if parse_logits.ndim != 3 or artifact_logits.ndim != 2 or parse_logits.shape[0] < len(tree.leaves()) + 1:
         raise ValueError(f"parsing logits must be (L + 1, h, w) with L >= the tree's {len(tree.leaves())} leaves "
                          f"and artifact logits (H, W), got {tuple(parse_logits.shape)} and "
@@ -68,15 +56,6 @@ def propose(tree: ConceptTree, parse_logits: torch.Tensor, artifact_logits: torc
         return []
     n = len(tree.leaves())
     labels = np.where(labels < n, labels, -1)  # classes beyond the tree's leaves name nothing
-    hits = concepts_in_region(tree, labels, region)
-    if not hits:
-        return []
+    hits = [h.concept for h in concepts_in_region(tree, labels, region)]
     visible = np.bincount(labels[labels >= 0].ravel(), minlength=n)[:n]
-    pixels = {h.concept: h.pixels for h in hits}
-    total = int(region.sum())
-    candidates = []
-    for named, members in group_concepts(tree, [h.concept for h in hits], visible)[:limit]:
-        inside = sum(pixels[leaf] for leaf in members)
-        area = int(sum(visible[tree.leaf_index[leaf]] for leaf in members))
-        candidates.append(Candidate(concept_phrase(tree, named), inside / max(area, 1), inside / total))
-    return candidates
+    return [concept_phrase(tree, named) for named, _ in group_concepts(tree, hits, visible)[:limit]]

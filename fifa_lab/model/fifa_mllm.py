@@ -489,7 +489,7 @@ class FiFaMLLM(nn.Module):
         for row, region in enumerate(regions):
             proposed = propose(self.concept_tree, run.parse_logits[row], run.artifact_logits[row]) \
                 if propose_concepts and region is None and run.parse_logits is not None else []
-            constraints.append(PhraseConstraint([self._tokenize(c.phrase) for c in proposed] + [loc], start, end,
+            constraints.append(PhraseConstraint([self._tokenize(p) for p in proposed] + [loc], start, end,
                                                 alone=[loc]) if proposed else vocabulary)
         return constraints
 
