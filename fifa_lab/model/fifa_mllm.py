@@ -498,8 +498,8 @@ class FiFaMLLM(nn.Module):
         loc = self._tokenize(LOC_PHRASE)
         vocabulary = PhraseConstraint([self._tokenize(p) for p in grounding_phrases()], start, end, alone=[loc])
         constraints = []
-        edited = run.artifact_logits if run.explanation_logits is None else run.explanation_logits
         for row, region in enumerate(regions):
+            edited = run.artifact_logits if run.explanation_logits is None else run.explanation_logits
             proposed = propose(self.concept_tree, run.parse_logits[row], edited[row]) \
                 if propose_concepts and region is None and run.parse_logits is not None else []
             constraints.append(PhraseConstraint([self._tokenize(p) for p in proposed] + [loc], start, end,
