@@ -134,13 +134,7 @@ def test_forgery_loss_is_detection_peak_and_artifact_terms(model: FiFaMLLM, batc
 
 
 def test_a_model_from_before_the_explanation_map_loads_without_it(batch: dict, tmp_path) -> None:
-    torch.manual_seed(0)
     old = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, explanation_map=False).eval()
-    torch.manual_seed(0)
-    new = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY).eval()
-    # the map does not shift the other modules' initialisation: with and without it compare like for like
-    shared = new.state_dict()
-    assert all(torch.equal(weight, shared[name]) for name, weight in old.state_dict().items())
     loaded = _reload_without(old, tmp_path, "explanation_map")
     assert loaded.forgery_head.explained is None
     run = loaded._run(batch["images"], batch["input_ids"], batch["attention_mask"], regions=batch["regions"])

@@ -83,12 +83,7 @@ class ForgeryHead(nn.Module):
         super().__init__()
         self.config = config
         self.artifact = nn.Conv2d(config.mask_decoder_dim, 1, 1)
-        self.explained = None
-        if config.explanation_map:
-            # drawn aside from the global generator: every other module then starts as it would without this
-            # map, so a run with it and one without differ by what the map teaches, not by their initialisation
-            with torch.random.fork_rng(devices=[]):
-                self.explained = nn.Conv2d(config.mask_decoder_dim, 1, 1)
+        self.explained = nn.Conv2d(config.mask_decoder_dim, 1, 1) if config.explanation_map else None
         self.detect = nn.Linear(EVIDENCE_FEATURES, 1)
         classes = config.forgery_classes
         features = EVIDENCE_FEATURES + LAYOUT * LAYOUT + config.mask_decoder_dim
