@@ -90,18 +90,13 @@ def test_whole_image_answers_name_only_the_proposed_concepts(tmp_path) -> None:
         run = model._run(torch.rand(3, 3, SIZE, SIZE), encoded["input_ids"], encoded["attention_mask"])
     run.parse_logits = _sure_logits(label_map, model.config.parsing_classes)[None].expand(3, -1, -1, -1)
     edited = _artifact_on(label_map, [leaf.id for leaf in tree.leaves("cheek_left")])
-    # the explanation map (the annotator's mask) proposes; the true-artifact map says nothing here
-    run.explanation_logits = torch.stack([edited, edited, torch.full_like(edited, -30.0)])
-    run.artifact_logits = torch.full_like(run.explanation_logits, -30.0)
+    run.artifact_logits = torch.stack([edited, edited, torch.full_like(edited, -30.0)])
     region = np.ones((SIZE, SIZE), bool)
     proposed, asked, unedited = model._phrase_constraints(run, [None, region, None], None, True)
     words = {tuple(model._tokenize(p)) for p in ("the left cheek", LOC_PHRASE)}
     assert words <= set(proposed.phrases) and len(proposed.phrases) < 5  # the cheek (and maybe a border leaf)
     assert proposed.alone == {tuple(model._tokenize(LOC_PHRASE))}
     assert len(asked.phrases) == len(unedited.phrases) > 100  # a region, or no edit: the whole vocabulary
-    # a model without the explanation map proposes from its artifact map
-    run.artifact_logits, run.explanation_logits = run.explanation_logits, None
-    assert model._phrase_constraints(run, [None], None, True)[0].phrases == proposed.phrases
     assert all(len(c.phrases) > 100 for c in model._phrase_constraints(run, [None] * 3, None, False))
     given = model._phrase_constraints(run, [None] * 3, ["the mouth"], True)
     assert all(c.phrases == [tuple(model._tokenize("the mouth"))] for c in given)

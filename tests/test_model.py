@@ -13,7 +13,7 @@ import torch
 from fifa_lab.artifacts import FORGERY_CLASSES
 from fifa_lab.model import FiFaConfig, FiFaMLLM, Response, build_tiny, parse_phrases, train_tokenizer
 from fifa_lab.model.fifa_mllm import IGNORE_INDEX, answer_ce
-from fifa_lab.model.parsing_head import IGNORE_LABEL, ParsingHead
+from fifa_lab.model.parsing_head import IGNORE_LABEL
 from fifa_lab.model.region_encoder import boxes_to_masks
 from fifa_lab.tasks.fifa11 import RSEG_ANSWER
 from fifa_lab.tasks.registry import IMAGE_TOKEN, REGION_TOKEN, SEG_TOKEN
@@ -123,25 +123,6 @@ def test_forgery_loss_is_detection_peak_and_artifact_terms(model: FiFaMLLM, batc
     assert torch.isclose(with_classes["forgery"], expected + cross_entropy)
     with pytest.raises(ValueError, match="forgery_classes must be"):
         model(**batch, is_fake=is_fake, artifact_masks=artifact, forgery_classes=classes[:1])
-    # the explanation map learns the annotator's mask, here a square beside the true one
-    explained = torch.stack([torch.zeros(SIZE, SIZE), _square(40, 50, 20, 30)])
-    with_explanation = model(**batch, is_fake=is_fake, artifact_masks=artifact, explanation_masks=explained)
-    assert run.explanation_logits.shape == (2, SIZE, SIZE)
-    assert not torch.allclose(run.explanation_logits, run.artifact_logits)  # a map of its own
-    assert torch.isclose(with_explanation["forgery"], expected + sum(_mask_losses(run.explanation_logits, explained)))
-    with pytest.raises(ValueError, match="explanation_masks must be"):
-        model(**batch, is_fake=is_fake, artifact_masks=artifact, explanation_masks=explained[:, :10])
-
-
-def test_a_model_from_before_the_explanation_map_loads_without_it(batch: dict, tmp_path) -> None:
-    old = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, explanation_map=False).eval()
-    loaded = _reload_without(old, tmp_path, "explanation_map")
-    assert loaded.forgery_head.explained is None
-    run = loaded._run(batch["images"], batch["input_ids"], batch["attention_mask"], regions=batch["regions"])
-    assert run.explanation_logits is None
-    with pytest.raises(RuntimeError, match="explanation_map=False"):
-        loaded.forgery_head.explanation(run.pixel)
-    _assert_same_grounding(loaded, old)
 
 
 def test_forensic_token_reads_the_forgery_class_probabilities(model: FiFaMLLM) -> None:
@@ -215,9 +196,9 @@ def test_parsing_context_layer_reads_neighbours_and_older_heads_load_without_it(
 
 
 def test_parsing_context_blocks_widen_the_view_and_older_heads_load_without_them(tmp_path) -> None:
+    torch.manual_seed(0)
     wide = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_hidden=8).eval()
-    torch.manual_seed(0)  # the head alone, so the numbers below do not move with the modules built before it
-    head, low = ParsingHead(wide.config).eval(), SIZE // 4
+    head, low = wide.parsing_head, SIZE // 4
     assert [block.body[0].dilation for block in head.wide] == [(2, 2), (4, 4), (8, 8)]
     pixel = torch.rand(1, TINY["mask_decoder_dim"], low, low)
     nudged = pixel.clone()

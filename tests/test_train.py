@@ -13,13 +13,12 @@ from safetensors.torch import load_file
 
 from fifa_lab.artifacts import FORGERY_CLASSES
 from fifa_lab.data.build import build_dataset, load_datasets
-from fifa_lab.data.masks import decode_rle
 from fifa_lab.data.records import decode_label_map
 from fifa_lab.model.parsing_head import IGNORE_LABEL
 from fifa_lab.model import FiFaMLLM, build_tiny
 from fifa_lab.train import SampleDataset, TrainConfig, checkpoints, collate, train
 from fifa_lab.fict import load_tree
-from fifa_lab.train.data import parsing_target, pick_targets, resize_mask, seg_concepts
+from fifa_lab.train.data import parsing_target, pick_targets, seg_concepts
 from fifa_lab.train.trainer import evaluate
 from fifa_lab.tasks.fifa11 import RSEG_ANSWER
 
@@ -79,12 +78,6 @@ def test_dataset_ratios_and_collate(data_dir: Path) -> None:
     picked = [i for i in range(len(full)) if full.tasks[i] in ("Loc", "R-Det")][:4]
     classes = [data.images["train"][int(data.samples["train"][i]["image_index"])]["forgery_class"] for i in picked]
     assert [FORGERY_CLASSES[k] for k in batch["forgery_classes"].tolist()] == classes
-    # the explanation map's target is the annotator's mask, not the true one
-    explained = [data.images["train"][int(data.samples["train"][i]["image_index"])]["explanation"]["mask"]
-                 for i in picked]
-    assert torch.equal(batch["explanation_masks"], torch.stack(
-        [torch.from_numpy(resize_mask(decode_rle(rle), SIZE)).float() for rle in explained]))
-    assert not torch.equal(batch["explanation_masks"], batch["artifact_masks"])
     # the parsing target is the stored FICT label map, shifted so 0 is "no concept"
     record = data.images["train"][int(data.samples["train"][0]["image_index"])]
     stored = decode_label_map(record["label_map"])

@@ -96,9 +96,6 @@ class FiFaConfig:
     # the map lies in it, as one more image token after the forensic one (parsing_head.py); needs the
     # parsing head
     concept_token: bool = True
-    # the forgery head also draws the annotator's mask (the explanation's, which the AGE phrases name) as a
-    # second map; whole-image answers propose their concepts from it (concept_candidates.py)
-    explanation_map: bool = True
     special_tokens: list[str] = field(
         default_factory=lambda: [IMAGE_TOKEN, REGION_TOKEN, PHRASE_START, PHRASE_END, SEG_TOKEN])
     pad_token: str = "<pad>"
@@ -181,8 +178,8 @@ class FiFaConfig:
         the concept gate (no ``concept_gate``), the forgery classes (no ``forgery_classes``), the forensic
         condition (no ``forensic_condition``), the pixel refine blocks (no ``pixel_refine_blocks``) or the
         concept token (no ``concept_token``), the parsing layer (no ``parsing_hidden``), the parsing head's
-        position (no ``parsing_position``), its context blocks (no ``parsing_context_blocks``) or the
-        explanation map (no ``explanation_map``) loads without them, as its checkpoint has no weights for them."""
+        position (no ``parsing_position``) or its context blocks (no ``parsing_context_blocks``) loads without
+        them, as its checkpoint has no weights for them."""
         data = json.loads(Path(path).read_text())
         if isinstance(data, dict):
             data.setdefault("parsing_weight", 0.0)
@@ -194,5 +191,4 @@ class FiFaConfig:
             data.setdefault("parsing_hidden", 0)
             data.setdefault("parsing_position", False)
             data.setdefault("parsing_context_blocks", 0)
-            data.setdefault("explanation_map", False)
         return cls.from_dict(data)

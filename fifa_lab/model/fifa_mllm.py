@@ -84,7 +84,6 @@ class _LMRun:
     pixel: torch.Tensor  # (B, C, H/4, W/4) pixel embeddings, shared by the mask decoder and the forgery head
     fake_logits: torch.Tensor  # (B,) the forgery head's detection logits
     artifact_logits: torch.Tensor  # (B, H, W) the forgery head's artifact-mask logits
-    explanation_logits: torch.Tensor | None  # (B, H, W) its annotator's-mask logits, None without explanation_map
     evidence: torch.Tensor  # (B, 3) the artifact map's peak, mean logit and covered share
     class_logits: torch.Tensor | None  # (B, forgery_classes) the forgery head's, None without classes
     condition: torch.Tensor | None  # (B, D) added to every LM input position, None without forensic_condition
@@ -203,7 +202,6 @@ class FiFaMLLM(nn.Module):
         image_embeds = self.projector(tokens)  # (B, N, D)
         pixel = self.mask_decoder.pixel_embeddings(grid, images)  # (B, C, H/4, W/4)
         fake_logits, artifact_logits, evidence, class_logits = self.forgery_head(pixel)
-        explanation_logits = self.forgery_head.explanation(pixel) if self.config.explanation_map else None
         parse_logits = self.parsing_head(pixel) if self.parsing_head is not None else None
         if self.config.forensic_token:  # the head's evidence as the last image token
             image_embeds = torch.cat([image_embeds, self.forgery_head.token(evidence, class_logits)[:, None]], 1)
@@ -245,8 +243,7 @@ class FiFaMLLM(nn.Module):
         output = self.lm(inputs_embeds=embeds if condition is None else embeds + condition[:, None], attention_mask=mask,
                          **lm_kwargs)
         return _LMRun(output=output, input_ids=ids, attention_mask=mask, grid=grid, pixel=pixel,
-                      fake_logits=fake_logits, artifact_logits=artifact_logits,
-                      explanation_logits=explanation_logits, evidence=evidence,
+                      fake_logits=fake_logits, artifact_logits=artifact_logits, evidence=evidence,
                       class_logits=class_logits, condition=condition, parse_logits=parse_logits, embeds=embeds,
                       labels=labels)
 
@@ -286,17 +283,14 @@ class FiFaMLLM(nn.Module):
                 seg_masks: Sequence[torch.Tensor] | None = None, is_fake: torch.Tensor | None = None,
                 artifact_masks: torch.Tensor | None = None, label_maps: torch.Tensor | None = None,
                 seg_concepts: Sequence[torch.Tensor] | None = None,
-                forgery_classes: torch.Tensor | None = None,
-                explanation_masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                forgery_classes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Training/eval pass.
 
         ``images`` ``(B, 3, H, W)`` in [0, 1]; ``input_ids``/``attention_mask``/``labels`` ``(B, T)`` from
         :meth:`encode`; ``regions`` ``(B, H, W)`` masks for rows with ``<region>`` (other rows ignored);
         ``seg_masks`` one ``(K_b, H, W)`` tensor per row, ``K_b`` = that row's ``[SEG]`` count;
         ``is_fake`` ``(B,)``, ``artifact_masks`` ``(B, H, W)`` and ``forgery_classes`` ``(B,)`` long (index in
-        :data:`~fifa_lab.artifacts.FORGERY_CLASSES`) the image labels of the forgery head, and
-        ``explanation_masks`` ``(B, H, W)`` the annotator's masks its explanation map learns (with
-        ``explanation_map``; left out, that map goes untrained);
+        :data:`~fifa_lab.artifacts.FORGERY_CLASSES`) the image labels of the forgery head;
         ``label_maps`` ``(B, H, W)`` long the parsing head's (FICT leaf + 1, 0 = none, -100 = unknown);
         ``seg_concepts`` one ``(K_b, L + 2)`` 0/1 tensor per row: the parsing classes each ``[SEG]``'s phrase
         names, then 1 where it names none (the concept gate's targets, used with ``seg_masks``).
@@ -352,12 +346,6 @@ class FiFaMLLM(nn.Module):
                     raise ValueError(f"forgery_classes must be (B,) = ({images.shape[0]},); "
                                      f"got {tuple(forgery_classes.shape)}")
                 forgery = forgery + F.cross_entropy(run.class_logits.float(), forgery_classes.long())
-            if run.explanation_logits is not None and explanation_masks is not None:
-                if explanation_masks.shape != artifact_masks.shape:
-                    raise ValueError(f"explanation_masks must be (B, {size}, {size}) like artifact_masks; got "
-                                     f"{tuple(explanation_masks.shape)}")
-                forgery = forgery + sum(_mask_losses(run.explanation_logits,
-                                                     explanation_masks.to(run.explanation_logits.dtype)))
         if self.parsing_head is not None and label_maps is not None:
             if tuple(label_maps.shape) != (images.shape[0], size, size):
                 raise ValueError(f"label_maps must be (B, {size}, {size}); got {tuple(label_maps.shape)}")
@@ -499,8 +487,7 @@ class FiFaMLLM(nn.Module):
         vocabulary = PhraseConstraint([self._tokenize(p) for p in grounding_phrases()], start, end, alone=[loc])
         constraints = []
         for row, region in enumerate(regions):
-            edited = run.artifact_logits if run.explanation_logits is None else run.explanation_logits
-            proposed = propose(self.concept_tree, run.parse_logits[row], edited[row]) \
+            proposed = propose(self.concept_tree, run.parse_logits[row], run.artifact_logits[row]) \
                 if propose_concepts and region is None and run.parse_logits is not None else []
             constraints.append(PhraseConstraint([self._tokenize(p) for p in proposed] + [loc], start, end,
                                                 alone=[loc]) if proposed else vocabulary)

@@ -29,12 +29,6 @@ the class, the LM does not always say it. Giving the
 one-token Cls answer more weight makes the LM say it, at the explanations' cost (measured in the comments
 on ``trainer.DEFAULT_TASK_RATIOS`` and ``FiFaConfig.answer_averaging``).
 
-With ``FiFaConfig.explanation_map`` the head draws a second map, the annotator's mask (the explanation's
-``mask``), beside the true artifact mask. They differ where an edit is subtle: the annotator marks where
-the fake visibly differs from its real frame, and the explanations name the concepts that region touches.
-Whole-image answers propose their concepts from this map (:mod:`fifa_lab.model.concept_candidates`); the
-artifact map stays what detection, the class reading and the concept token read.
-
 With ``FiFaConfig.forensic_condition`` the same reading is also added to the LM's input at every
 position (:meth:`ForgeryHead.condition`), scaled by ``tanh`` of a gate that starts at zero (LLaMA-Adapter's
 zero gating, Flamingo's tanh gates), so a pretrained LM starts unchanged and the shift grows only as fast
@@ -75,15 +69,13 @@ class ForgeryHead(nn.Module):
     evidence ``(B, 3)`` and class logits ``(B, forgery_classes)`` (``None`` when ``forgery_classes`` is 0).
 
     :meth:`token` turns the evidence and class probabilities into one LM embedding ``(B, D)``
-    (``forensic_token`` builds only); :meth:`explanation` draws the annotator's mask (``explanation_map``
-    builds only).
+    (``forensic_token`` builds only).
     """
 
     def __init__(self, config: FiFaConfig) -> None:
         super().__init__()
         self.config = config
         self.artifact = nn.Conv2d(config.mask_decoder_dim, 1, 1)
-        self.explained = nn.Conv2d(config.mask_decoder_dim, 1, 1) if config.explanation_map else None
         self.detect = nn.Linear(EVIDENCE_FEATURES, 1)
         classes = config.forgery_classes
         features = EVIDENCE_FEATURES + LAYOUT * LAYOUT + config.mask_decoder_dim
@@ -100,23 +92,13 @@ class ForgeryHead(nn.Module):
     def forward(self, pixel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         low = self.artifact(pixel)[:, 0]  # (B, H/4, W/4)
         evidence = artifact_evidence(low)
-        artifact = self._full_size(low)
+        size = self.config.image_size
+        artifact = F.interpolate(low[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
         classes = None
         if self.classify is not None:
             layout = F.adaptive_avg_pool2d(low[:, None], LAYOUT).flatten(1)  # (B, LAYOUT**2)
             classes = self.classify(torch.cat([evidence, layout, pixel.mean((2, 3))], 1))
         return self.detect(evidence)[:, 0], artifact, evidence, classes
-
-    def explanation(self, pixel: torch.Tensor) -> torch.Tensor:
-        """Pixel embeddings ``(B, C, H/4, W/4)`` -> logits ``(B, H, W)`` of the annotator's mask."""
-        if self.explained is None:
-            raise RuntimeError("this model was built with explanation_map=False")
-        return self._full_size(self.explained(pixel)[:, 0])
-
-    def _full_size(self, low: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, H/4, W/4)`` -> ``(B, H, W)``, bilinear."""
-        size = self.config.image_size
-        return F.interpolate(low[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
 
     def token(self, evidence: torch.Tensor, class_logits: torch.Tensor | None = None) -> torch.Tensor:
         """Evidence ``(B, 3)`` and class logits ``(B, forgery_classes)`` (``None`` without classes) -> the

@@ -107,8 +107,8 @@ class SampleDataset(Dataset):
     switched off); a negative ratio is an error. Each item is a dict with ``image`` ``(3, S, S)`` float
     in [0, 1], ``prompt``, ``target``, ``task``, ``masks`` ``(K, S, S)`` float (one per ``[SEG]``),
     ``region`` ``(S, S)`` float or ``None``, and the image's own labels for the forgery head: ``is_fake``
-    (0/1), ``forgery_class`` (index in :data:`~fifa_lab.artifacts.FORGERY_CLASSES`), ``artifact_mask``
-    ``(S, S)`` float and ``explanation_mask`` ``(S, S)`` float (the annotator's mask); and for the parsing head ``label_map`` ``(S, S)`` long
+    (0/1), ``forgery_class`` (index in :data:`~fifa_lab.artifacts.FORGERY_CLASSES`) and ``artifact_mask``
+    ``(S, S)`` float; and for the parsing head ``label_map`` ``(S, S)`` long
     (FICT leaf + 1, 0 = no concept, ``IGNORE_LABEL`` everywhere for an image stored without one), and
     ``seg_concepts`` (:func:`seg_concepts` in ``tree``, the run's concept tree; default the FICT).
     """
@@ -122,8 +122,7 @@ class SampleDataset(Dataset):
         keep = [i for i, task in enumerate(samples["task"]) if self.ratios.get(task, 1.0) > 0]
         self.samples = samples.select(keep)
         # only what training reads: decoding the label map and the rest per row would be wasted work
-        self.images = images.select_columns(["image", "label", "forgery_class", "artifact_mask", "explanation",
-                                                   "label_map"])
+        self.images = images.select_columns(["image", "label", "forgery_class", "artifact_mask", "label_map"])
         self.image_size = image_size
         self.tree = tree or load_tree()
         self.tasks: list[str] = list(self.samples["task"])
@@ -154,7 +153,6 @@ class SampleDataset(Dataset):
             "is_fake": float(record["label"] == "fake"),
             "forgery_class": FORGERY_CLASSES.index(record["forgery_class"]),
             "artifact_mask": torch.from_numpy(resize_mask(decode_rle(record["artifact_mask"]), size)).float(),
-            "explanation_mask": torch.from_numpy(resize_mask(decode_rle(record["explanation"]["mask"]), size)).float(),
             "label_map": parsing_target(record["label_map"], size),
             "seg_concepts": seg_concepts(f"{row['prompt']} {row['target']}", self.tree),
         }
@@ -202,7 +200,6 @@ def collate(model: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
         batch["is_fake"] = torch.tensor([r["is_fake"] for r in rows])
         batch["forgery_classes"] = torch.tensor([r["forgery_class"] for r in rows])
         batch["artifact_masks"] = torch.stack([r["artifact_mask"] for r in rows])
-        batch["explanation_masks"] = torch.stack([r["explanation_mask"] for r in rows])
         batch["label_maps"] = torch.stack([r["label_map"] for r in rows])
         batch["seg_concepts"] = [pick_targets(r["seg_concepts"], model.config.parsing_classes) for r in rows]
         batch["tasks"] = [r["task"] for r in rows]
