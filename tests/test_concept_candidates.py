@@ -80,7 +80,7 @@ def test_a_phrase_that_stands_alone_shares_no_answer_and_no_phrase_opens_once_no
     assert constraint.allowed([start, *loc, end, 4]) is None  # outside a phrase any token may follow
 
 
-def test_whole_image_answers_name_only_the_proposed_concepts(tmp_path) -> None:
+def test_whole_image_answers_name_only_the_proposed_concepts() -> None:
     torch.manual_seed(0)
     model = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY).eval()
     tree = model.concept_tree

@@ -25,11 +25,11 @@ A second forgery-head map trained on the annotator's mask, proposing in place of
 tried (default run retrained, seed 0, its other modules initialised exactly as without it): it drew
 that mask at IoU 0.42 on the test fakes, hardly closer than the artifact map already is (0.40; EFS 0.08,
 whose annotated region is a small part of the generator's trace): from the fake alone the annotator's
-choice is mostly not to be seen. Its candidates held 116 of the 271 true concepts instead of 101, but the retrained LM named
-fewer phrases (213 against 245), so AGE mIoU stayed at 0.21 (0.209), while grounding consistency fell
-0.91 -> 0.83, TOE METEOR 0.33 -> 0.31 and RSeg 0.55 -> 0.52 (120 test samples per task). Forbidding the
-answer to end before it had named every candidate lifted mIoU to 0.24 but only by piling up closing
-sentences and garbled text, so neither was kept.
+choice is mostly not to be seen. Its candidates held 116 of the 271 true concepts instead of 101, but
+the retrained LM named fewer phrases (213 against 245), so AGE mIoU stayed at 0.21 (0.209), while
+grounding consistency fell 0.91 -> 0.83, TOE METEOR 0.33 -> 0.31 and RSeg 0.55 -> 0.52 (120 test
+samples per task). Forbidding the answer to end before it had named every candidate lifted mIoU to 0.24
+but only by piling up closing sentences and garbled text, so neither was kept.
 
 Handing the candidates to the LM as words instead (their ``<p>`` phrase tokens after the image tokens)
 was tried and the LM did not copy them, whether they came from the heads' maps in training (37 of 328
@@ -54,8 +54,9 @@ def propose(tree: ConceptTree, parse_logits: torch.Tensor, artifact_logits: torc
     concept, class k = leaf k - 1 of ``tree``) and artifact logits ``(H, W)``, ``H`` a multiple of ``h``,
     read on the ``h`` x ``w`` grid -> at most ``limit`` concept phrases as the annotator writes them ("the
     left chin"), largest overlap first; none when no cell is edited."""
-    if parse_logits.ndim != 3 or artifact_logits.ndim != 2 or parse_logits.shape[0] < len(tree.leaves()) + 1:
-        raise ValueError(f"parsing logits must be (L + 1, h, w) with L >= the tree's {len(tree.leaves())} leaves "
+    n = len(tree.leaves())
+    if parse_logits.ndim != 3 or artifact_logits.ndim != 2 or parse_logits.shape[0] < n + 1:
+        raise ValueError(f"parsing logits must be (L + 1, h, w) with L >= the tree's {n} leaves "
                          f"and artifact logits (H, W), got {tuple(parse_logits.shape)} and "
                          f"{tuple(artifact_logits.shape)}")
     size = parse_logits.shape[-2:]
@@ -64,7 +65,6 @@ def propose(tree: ConceptTree, parse_logits: torch.Tensor, artifact_logits: torc
     region = (edited >= ARTIFACT_PROBABILITY).cpu().numpy()
     if not region.any():
         return []
-    n = len(tree.leaves())
     labels = np.where(labels < n, labels, -1)  # classes beyond the tree's leaves name nothing
     hits = [h.concept for h in concepts_in_region(tree, labels, region)]
     visible = np.bincount(labels[labels >= 0].ravel(), minlength=n)[:n]
