@@ -627,6 +627,30 @@ def test_region_by_mask_and_by_box(model: FiFaMLLM) -> None:
         model.region_encoder(grid, torch.zeros(2, SIZE, SIZE))
 
 
+def test_choice_probs_with_the_head_multiply_the_lm_by_the_forgery_head(model: FiFaMLLM) -> None:
+    image = np.random.default_rng(3).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    prompt = "<image> Is this face real or fake?"
+    with torch.no_grad():  # the head reads the image alone: any prompt gives the same head output
+        run = model._run(model._image_tensor(image), *model.encode(["<image>"]).values())
+    fake = float(torch.sigmoid(run.fake_logits[0]))
+    classes = run.class_logits[0].softmax(0).numpy()
+    # real/fake: the LM's two probabilities times the head's detection probability, renormalised
+    lm = model.choice_probs(image, prompt, ["fake", "real"])
+    expected = lm * np.array([fake, 1 - fake])
+    np.testing.assert_allclose(model.choice_probs(image, prompt, ["fake", "real"], head=True),
+                               expected / expected.sum(), rtol=1e-4)
+    # forgery classes: its class probabilities, over the choices asked for only
+    asked = ["FE", "real", "EFS"]
+    lm = model.choice_probs(image, prompt, asked)
+    expected = lm * classes[[FORGERY_CLASSES.index(c) for c in asked]]
+    np.testing.assert_allclose(model.choice_probs(image, prompt, asked, head=True), expected / expected.sum(),
+                               rtol=1e-4)
+    with pytest.raises(ValueError, match="not \\['no', 'yes'\\]"):
+        model.choice_probs(image, prompt, ["no", "yes"], head=True)
+    with pytest.raises(ValueError, match="whole image"):
+        model.choice_probs(image, PROMPTS[1], ["real", "fake"], region=(16, 8, 40, 24), head=True)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     (dict(image=np.zeros((32, 32, 3), np.uint8)), r"\(64, 64, 3\) uint8"),
     (dict(image=np.zeros((SIZE, SIZE, 3), np.float32)), "uint8"),

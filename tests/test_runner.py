@@ -12,6 +12,7 @@ import torch
 from fifa_lab.data.build import build_dataset, load_datasets
 from fifa_lab.eval.runner import (
     CLOSED_CHOICES,
+    HEAD_TASKS,
     checkpoint_hash,
     parse_boxes,
     parse_closed,
@@ -104,7 +105,12 @@ def test_benchmark_writes_predictions_and_metrics(run_dir: Path, tmp_path: Path)
         assert len(line["masks"]) == line["answer"].count("[SEG]")
         if line["task"] in CLOSED_CHOICES:
             assert sum(line["choice_probs"].values()) == pytest.approx(1.0, abs=1e-4)
+        if line["task"] in HEAD_TASKS:  # fused by default: the most probable choice, the LM's text kept beside
+            assert line["answer"] == max(line["choice_probs"], key=line["choice_probs"].get)
+            assert sum(line["lm_choice_probs"].values()) == pytest.approx(1.0, abs=1e-4)
+            assert "generated" in line
     assert set(metrics) - {"meta"} <= {line["task"] for line in lines}
+    assert {"acc", "generated_acc"} <= set(metrics["Det"]) and {"acc", "generated_acc"} <= set(metrics["Cls"])
     # the same file scored again gives the same numbers: predictions fully determine the metrics
     again = json.loads(write_json(tmp_path / "again.json", score(lines, run, "test", SIZE)).read_text())
     assert again == {k: v for k, v in written.items() if k != "meta"}
@@ -132,6 +138,12 @@ def test_predict_keeps_the_tasks_asked_for_and_perturbs_what_the_model_sees(run_
         def detail(image):
             return np.abs(np.diff(image.astype(float), axis=1)).mean()
         assert detail(after) < detail(before)
+    generated = read_predictions(predict(model, run_dir, "test", per_task=2, max_new_tokens=4, out=tmp_path / "g.jsonl",
+                                         tasks=["Det"], closed_answer="generated"))
+    assert all("generated" not in line and "lm_choice_probs" not in line for line in generated)
+    assert "generated_acc" not in score(generated, run_dir, "test", SIZE, text=False)["Det"]
+    with pytest.raises(ValueError, match="closed_answer must be one of generated, fused"):
+        predict(model, run_dir, "test", closed_answer="text", out=tmp_path / "e.jsonl")
     with pytest.raises(ValueError, match="no Nope samples"):
         predict(model, run_dir, "test", tasks=["Nope"], out=tmp_path / "c.jsonl")
     with pytest.raises(ValueError, match="blur"):

@@ -34,6 +34,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from fifa_lab.artifacts import FORGERY_CLASSES
 from fifa_lab.data.masks import box_to_mask
 from fifa_lab.fict.tree import ConceptTree, load_tree
 from fifa_lab.io import atomic_path
@@ -505,12 +506,21 @@ class FiFaMLLM(nn.Module):
         return pixels, torch.cat([blank if row is None else row for row in region_rows])
 
     @torch.no_grad()
-    def choice_probs(self, image: np.ndarray, prompt: str, choices: Sequence[str], region: Any = None) -> np.ndarray:
+    def choice_probs(self, image: np.ndarray, prompt: str, choices: Sequence[str], region: Any = None,
+                     head: bool = False) -> np.ndarray:
         """Probability of each answer in ``choices`` (``(C,)``, sums to 1): the softmax over choices of
         each one's teacher-forced log-likelihood (its tokens then ``</s>``). Gives closed questions a
-        score for AUC/EER."""
+        score for AUC/EER.
+
+        ``head=True`` multiplies each choice's probability by the forgery head's probability of the same
+        answer and renormalises (a product of two experts of the one model): its class probabilities when
+        the choices are forgery classes (Cls), its detection probability when they are ``real``/``fake``
+        (Det). The head judges the whole image, so a question about a ``region`` cannot use it.
+        """
         if not choices:
             raise ValueError("choices must name at least one answer")
+        if head and region is not None:
+            raise ValueError("head=True fuses the forgery head, which judges the whole image, not a region")
         images = self._image_tensor(image)
         regions = self._region_tensor(region, prompt)
         prompt_ids = self.encode([prompt])["input_ids"][0].tolist()
@@ -518,10 +528,13 @@ class FiFaMLLM(nn.Module):
         for choice in choices:
             answer = [*self._tokenize(choice), self.token_ids[self.config.eos_token]]
             ids = torch.tensor([prompt_ids + answer], device=images.device)
-            logits = self._run(images, ids, torch.ones_like(ids), regions=regions).output.logits[0]
-            steps = logits[-len(answer) - 1:-1].float().log_softmax(-1)  # the positions predicting the answer
+            run = self._run(images, ids, torch.ones_like(ids), regions=regions)
+            steps = run.output.logits[0, -len(answer) - 1:-1].float().log_softmax(-1)  # the answer's positions
             scores.append(float(steps[torch.arange(len(answer)), torch.tensor(answer)].sum()))
-        return torch.tensor(scores).softmax(0).numpy()
+        scores = torch.tensor(scores)
+        if head:  # every run saw the same image, so the last one's head output serves
+            scores = scores + _head_answer_probs(run, choices).cpu().clamp_min(1e-12).log()
+        return scores.softmax(0).numpy()
 
     @torch.no_grad()
     def ground(self, image: np.ndarray, prompt: str, answer: str | Sequence[int], region: Any = None) -> Response:
@@ -683,6 +696,20 @@ class PhraseConstraint:
     def may_open(self, answer: Sequence[int]) -> bool:
         """Whether a new phrase may start after ``answer``: some phrase is still left to name."""
         return bool(self._left(self._read(answer)[0]))
+
+
+def _head_answer_probs(run: _LMRun, choices: Sequence[str]) -> torch.Tensor:
+    """The forgery head's probability ``(C,)`` of each closed answer in ``choices`` for the run's first image:
+    forgery classes read its class probabilities (renormalised over ``choices``), ``real``/``fake`` its
+    detection logit."""
+    if set(choices) == {"real", "fake"}:
+        fake = torch.sigmoid(run.fake_logits[0].float())
+        return torch.stack([fake if choice == "fake" else 1 - fake for choice in choices])
+    if set(choices) <= set(FORGERY_CLASSES) and run.class_logits is not None:
+        probs = run.class_logits[0].float().softmax(0)[[FORGERY_CLASSES.index(choice) for choice in choices]]
+        return probs / probs.sum()
+    raise ValueError(f"the forgery head answers 'real'/'fake' or the forgery classes {', '.join(FORGERY_CLASSES)} "
+                     f"(a head with classes only), not {list(choices)}")
 
 
 def _pad_rows(rows: Sequence[Sequence[int]], pad: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -135,12 +135,13 @@ def model_image(model: FiFaMLLM, image: np.ndarray) -> np.ndarray:
 
 def verdict(model: FiFaMLLM, image: np.ndarray) -> Verdict:
     """The Det and Cls answers for ``image`` ``(H, W, 3)`` uint8: the choice the model finds most likely
-    among the benchmark's closed choices (:data:`fifa_lab.eval.runner.CLOSED_CHOICES`)."""
+    among the benchmark's closed choices (:data:`fifa_lab.eval.runner.CLOSED_CHOICES`), the forgery head's
+    probabilities fused in as the benchmark answers them (``closed_answer="fused"``)."""
     pixels = model_image(model, image)
     answers = []
     for task, fields in (("Det", {}), ("Cls", {"options": CLASS_OPTIONS})):
         choices = CLOSED_CHOICES[task]
-        probs = model.choice_probs(pixels, get_task(task).templates[0].format(**fields), choices)
+        probs = model.choice_probs(pixels, get_task(task).templates[0].format(**fields), choices, head=True)
         answers.append(dict(zip(choices, (float(p) for p in probs))))
     det, cls = answers
     return Verdict(max(det, key=det.get), det, max(cls, key=cls.get), cls)
