@@ -173,7 +173,7 @@ def test_parsing_loss_reads_cell_centres_ignores_unknown_and_rejects_foreign_cla
 
 def test_parsing_context_layer_reads_neighbours_and_older_heads_load_without_it(tmp_path) -> None:
     torch.manual_seed(0)
-    deep = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_hidden=8).eval()
+    deep = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_hidden=8, parsing_resolution=4).eval()
     head, low = deep.parsing_head, SIZE // 4
     pixel = torch.rand(1, TINY["mask_decoder_dim"], low, low)
     logits = head(pixel)
@@ -188,7 +188,8 @@ def test_parsing_context_layer_reads_neighbours_and_older_heads_load_without_it(
     assert near.min() > 5 * change.max()
     with pytest.raises(ValueError, match="parsing_hidden"):
         FiFaConfig(parsing_hidden=-1)
-    linear = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_hidden=0, parsing_context_blocks=0).eval()
+    linear = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_hidden=0, parsing_context_blocks=0,
+                        parsing_resolution=4).eval()
     assert linear.parsing_head.context is None
     loaded = _reload_without(linear, tmp_path, "parsing_hidden")
     assert loaded.parsing_head.context is None
@@ -197,7 +198,7 @@ def test_parsing_context_layer_reads_neighbours_and_older_heads_load_without_it(
 
 def test_parsing_context_blocks_widen_the_view_and_older_heads_load_without_them(tmp_path) -> None:
     torch.manual_seed(0)
-    wide = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_hidden=8).eval()
+    wide = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_hidden=8, parsing_resolution=4).eval()
     head, low = wide.parsing_head, SIZE // 4
     assert [block.body[0].dilation for block in head.wide] == [(2, 2), (4, 4), (8, 8)]
     pixel = torch.rand(1, TINY["mask_decoder_dim"], low, low)
@@ -215,11 +216,54 @@ def test_parsing_context_blocks_widen_the_view_and_older_heads_load_without_them
     assert change[3, 7] > change[3, 4] / 5 and change[3, 15] > change[3, 4] / 20
     with pytest.raises(ValueError, match="parsing_context_blocks"):
         FiFaConfig(parsing_hidden=0)  # the blocks widen the 3x3 layer's view: none without it
-    old = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_context_blocks=0).eval()
+    old = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_context_blocks=0, parsing_resolution=4).eval()
     assert len(old.parsing_head.wide) == 0
     loaded = _reload_without(old, tmp_path, "parsing_context_blocks")
     assert len(loaded.parsing_head.wide) == 0
     _assert_same_grounding(loaded, old)
+
+
+def test_parsing_head_refined_at_half_resolution_starts_as_the_quarter_map_and_reads_the_image(tmp_path) -> None:
+    torch.manual_seed(0)
+    fine = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY).eval()
+    head, low = fine.parsing_head, SIZE // 4
+    assert fine.config.parsing_resolution == 2
+    pixel, images = torch.rand(1, TINY["mask_decoder_dim"], low, low), torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        logits = head(pixel, images)
+        assert logits.shape == (1, fine.config.parsing_classes, 2 * low, 2 * low)
+        # the correction starts at zero: the 1/4 map (context, blocks, prior), upsampled
+        hidden = head.wide(head.context(torch.cat([pixel, _coordinates(low)], 1)))
+        quarter = head.classify(hidden) + head.prior
+        torch.testing.assert_close(logits, torch.nn.functional.interpolate(quarter, scale_factor=2, mode="bilinear"))
+        # trained, it reads the image at 1/2: a change in one 2x2 pixel block moves that cell most
+        torch.nn.init.normal_(head.fine_classify.weight, std=0.5)
+        nudged = images.clone()
+        nudged[0, :, 20:22, 40:42] += 1.0
+        change = (head(pixel, nudged) - head(pixel, images)).abs().sum(1)[0]
+    assert change.argmax() == 10 * 2 * low + 20 and change[10, 20] > 3 * change[10, 24]
+    with pytest.raises(ValueError, match="also reads the images"):
+        head(pixel)
+    # the loss reads each 2x2 cell's centre: a label map right there and wrong elsewhere scores as all right
+    labels = torch.randint(0, fine.config.parsing_classes, (1, 2 * low, 2 * low))
+    sure = torch.nn.functional.one_hot(labels, fine.config.parsing_classes).permute(0, 3, 1, 2).float() * 50
+    full = torch.zeros(1, SIZE, SIZE, dtype=torch.long)
+    full[:, 1::2, 1::2] = labels
+    assert float(head.loss(sure, full)) < 1e-6
+    with pytest.raises(ValueError, match="parsing_resolution must be 4 or 2"):
+        FiFaConfig(parsing_resolution=3)
+    with pytest.raises(ValueError, match="2 needs parsing_hidden"):
+        FiFaConfig(parsing_hidden=0, parsing_context_blocks=0)
+    quarter_model = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_resolution=4).eval()
+    loaded = _reload_without(quarter_model, tmp_path, "parsing_resolution")
+    assert loaded.config.parsing_resolution == 4 and loaded.parsing_head.fine is None
+    _assert_same_grounding(loaded, quarter_model)
+
+
+def _coordinates(side: int) -> torch.Tensor:
+    """The parsing head's position channels ``(1, 2, side, side)``: x then y, from -1 to 1."""
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, side), torch.linspace(-1, 1, side), indexing="ij")
+    return torch.stack([xs, ys])[None]
 
 
 def _reload_without(model: FiFaMLLM, tmp_path, *fields: str) -> FiFaMLLM:
@@ -241,7 +285,7 @@ def _assert_same_grounding(loaded: FiFaMLLM, original: FiFaMLLM) -> None:
 
 def test_parsing_head_reads_position_and_older_heads_load_without_it(tmp_path) -> None:
     torch.manual_seed(0)
-    placed = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY).eval()
+    placed = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_resolution=4).eval()
     head, low = placed.parsing_head, SIZE // 4
     assert placed.config.parsing_position and head.prior.shape == (placed.config.parsing_classes, low, low)
     assert not head.prior.any()  # the learned map starts neutral
@@ -253,7 +297,7 @@ def test_parsing_head_reads_position_and_older_heads_load_without_it(tmp_path) -
         head.prior[5, :, : low // 2] = 100.0  # class 5 lies on the left
         sure = head(same)[0].argmax(0)
     assert (sure[:, : low // 2] == 5).all() and (sure[:, low // 2:] != 5).all()
-    old = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_position=False).eval()
+    old = build_tiny(CORPUS, tokenizer_vocab_size=400, **TINY, parsing_position=False, parsing_resolution=4).eval()
     assert old.parsing_head.prior is None and torch.allclose(old.parsing_head(same)[0, :, 3, 3],
                                                              old.parsing_head(same)[0, :, 3, low - 4])
     loaded = _reload_without(old, tmp_path, "parsing_position")

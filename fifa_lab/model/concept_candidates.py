@@ -45,7 +45,7 @@ from fifa_lab.annotate.explain import MAX_SEGMENTS, concept_phrase, group_concep
 from fifa_lab.fict.coverage import concepts_in_region
 from fifa_lab.fict.tree import ConceptTree
 
-ARTIFACT_PROBABILITY = 0.5  # a 1/4-resolution cell counts as edited from this mean artifact probability on
+ARTIFACT_PROBABILITY = 0.5  # a cell of the parsing grid counts as edited from this mean artifact probability on
 
 
 def propose(tree: ConceptTree, parse_logits: torch.Tensor, artifact_logits: torch.Tensor,

@@ -78,6 +78,10 @@ class FiFaConfig:
     # residual depthwise blocks after the parsing head's 3x3 layer, their taps 2, 4, 8, ... cells apart
     # (0 = none, as in checkpoints from before them); need parsing_hidden > 0
     parsing_context_blocks: int = 3
+    # the parsing head's output resolution, as the divisor of image_size: 4 (its 1/4 map, as in checkpoints from
+    # before the choice) or 2 (that map refined at 1/2 with a stem of its own on the image); 2 needs
+    # parsing_hidden > 0
+    parsing_resolution: int = 2
     # the concept gate (mask_decoder.py): each [SEG] also picks the parsing classes its phrase names (or none)
     # and its mask is confined to the parsing head's probability of them; needs the parsing head. The
     # weight is that of the pick's loss (mask_decoder.pick_loss)
@@ -117,6 +121,9 @@ class FiFaConfig:
         if self.parsing_context_blocks < 0 or (self.parsing_context_blocks and not self.parsing_hidden):
             raise ValueError(f"parsing_context_blocks must be >= 0 and needs parsing_hidden > 0, got "
                              f"{self.parsing_context_blocks} with parsing_hidden={self.parsing_hidden}")
+        if self.parsing_resolution not in (2, 4) or (self.parsing_resolution == 2 and not self.parsing_hidden):
+            raise ValueError(f"parsing_resolution must be 4 or 2 (2 needs parsing_hidden > 0), got "
+                             f"{self.parsing_resolution} with parsing_hidden={self.parsing_hidden}")
         if self.pixel_refine_blocks < 0:
             raise ValueError(f"pixel_refine_blocks must be >= 0 (0 = none), got {self.pixel_refine_blocks}")
         if self.parsing_classes < 2:
@@ -178,8 +185,8 @@ class FiFaConfig:
         the concept gate (no ``concept_gate``), the forgery classes (no ``forgery_classes``), the forensic
         condition (no ``forensic_condition``), the pixel refine blocks (no ``pixel_refine_blocks``) or the
         concept token (no ``concept_token``), the parsing layer (no ``parsing_hidden``), the parsing head's
-        position (no ``parsing_position``) or its context blocks (no ``parsing_context_blocks``) loads without
-        them, as its checkpoint has no weights for them."""
+        position (no ``parsing_position``), its context blocks (no ``parsing_context_blocks``) or its 1/2
+        refinement (no ``parsing_resolution``) loads without them, as its checkpoint has no weights for them."""
         data = json.loads(Path(path).read_text())
         if isinstance(data, dict):
             data.setdefault("parsing_weight", 0.0)
@@ -191,4 +198,5 @@ class FiFaConfig:
             data.setdefault("parsing_hidden", 0)
             data.setdefault("parsing_position", False)
             data.setdefault("parsing_context_blocks", 0)
+            data.setdefault("parsing_resolution", 4)
         return cls.from_dict(data)

@@ -88,7 +88,7 @@ class _LMRun:
     evidence: torch.Tensor  # (B, 3) the artifact map's peak, mean logit and covered share
     class_logits: torch.Tensor | None  # (B, forgery_classes) the forgery head's, None without classes
     condition: torch.Tensor | None  # (B, D) added to every LM input position, None without forensic_condition
-    parse_logits: torch.Tensor | None  # (B, L + 1, H/4, W/4) the parsing head's, None without the head
+    parse_logits: torch.Tensor | None  # (B, L + 1, H/r, W/r) the parsing head's (r = parsing_resolution), or None
     embeds: torch.Tensor  # (B, T', D) the LM's input embeddings
     labels: torch.Tensor | None  # (B, T') the answer tokens' ids, IGNORE_INDEX elsewhere; None without labels
 
@@ -203,7 +203,7 @@ class FiFaMLLM(nn.Module):
         image_embeds = self.projector(tokens)  # (B, N, D)
         pixel = self.mask_decoder.pixel_embeddings(grid, images)  # (B, C, H/4, W/4)
         fake_logits, artifact_logits, evidence, class_logits = self.forgery_head(pixel)
-        parse_logits = self.parsing_head(pixel) if self.parsing_head is not None else None
+        parse_logits = self.parsing_head(pixel, images) if self.parsing_head is not None else None
         if self.config.forensic_token:  # the head's evidence as the last image token
             image_embeds = torch.cat([image_embeds, self.forgery_head.token(evidence, class_logits)[:, None]], 1)
         if self.config.concept_token:  # where the artifacts lie, per FICT concept, after it

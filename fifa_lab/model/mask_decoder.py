@@ -126,8 +126,8 @@ class MaskDecoder(nn.Module):
     def forward(self, seg_hidden: torch.Tensor, pixel_embeds: torch.Tensor,
                 parse_logits: torch.Tensor | None = None, phrases: torch.Tensor | None = None) -> torch.Tensor:
         """Mask logits ``(K, H, W)`` for ``seg_hidden`` ``(K, D_lm)`` over one image's ``(C, H/4, W/4)``;
-        a gated decoder also needs that image's parsing logits ``(L, H/4, W/4)`` and the ``[SEG]``s'
-        phrase embeddings ``(K, D_lm)`` (``FiFaMLLM._seg_phrases``)."""
+        a gated decoder also needs that image's parsing logits ``(L, H/r, W/r)`` (``r`` 4 or 2) and the
+        ``[SEG]``s' phrase embeddings ``(K, D_lm)`` (``FiFaMLLM._seg_phrases``)."""
         queries = self.query_proj(seg_hidden)  # (K, C)
         low = torch.einsum("kc,chw->khw", queries, pixel_embeds)
         if self.concept_pick is None:
@@ -137,13 +137,16 @@ class MaskDecoder(nn.Module):
                              "phrase embeddings (K, D)")
         low = low + self.query_bias(seg_hidden)[:, :, None]
         pick = self.concept_pick(phrases)
-        if self.training:  # at 1/4: the full-size gate below costs ~18x more time per [SEG] to train
+        if self.training:  # at the parsing map's size: the full-size gate below costs ~18x the 1/4 one to train
+            if low.shape[-2:] != parse_logits.shape[-2:]:
+                low = F.interpolate(low[:, None], size=parse_logits.shape[-2:], mode="bilinear",
+                                    align_corners=False)[:, 0]
             return self._full_size(low + gate_mass(pick, parse_logits).clamp_min(GATE_FLOOR).log())
         # answering, gated at full size: the parsing logits are upsampled before their softmax, so a concept's
         # border follows the logits' crossing rather than a blend of log-masses across a 4-pixel cell
         return self._full_size(low) + gate_mass(pick, self._full_size(parse_logits)).clamp_min(GATE_FLOOR).log()
 
     def _full_size(self, maps: torch.Tensor) -> torch.Tensor:
-        """``(N, H/4, W/4)`` -> ``(N, H, W)``, bilinear."""
+        """``(N, h, w)`` -> ``(N, H, W)``, bilinear."""
         full = self.config.image_size
         return F.interpolate(maps[:, None], size=(full, full), mode="bilinear", align_corners=False)[:, 0]
