@@ -83,7 +83,7 @@ from fifa_lab.model.mask_decoder import RefineBlock
 # targets: leaf index + 1, so 0 is "no concept" (background, hair); pixels to skip (an image without a
 # label map) carry IGNORE_LABEL
 IGNORE_LABEL = -100
-FINE_STEM_CHANNELS = 32  # the 1/2-resolution stem's convolution, as wide as the mask decoder's stem
+FINE_CHANNELS = 32  # width of the parsing head's 1/2-resolution refinement (parsing_resolution = 2)
 
 
 class ParsingHead(nn.Module):
@@ -107,16 +107,17 @@ class ParsingHead(nn.Module):
         self.classify = nn.Conv2d(hidden or inputs, config.parsing_classes, 1)
         # parsing_resolution = 2: the 1/4 logits, upsampled, plus a correction read at 1/2 from the 1/4 features
         # and a stem of its own on the raw image (a small leaf is a few 1/4 cells; its border needs finer cells)
+        # (FINE_CHANNELS wide: at 1/2 every layer costs 4x its 1/4 twin)
         if config.parsing_resolution == 2:
-            self.fine_stem = nn.Sequential(nn.Conv2d(3, FINE_STEM_CHANNELS, 3, stride=2, padding=1),
-                                           nn.GroupNorm(1, FINE_STEM_CHANNELS), nn.GELU(),
-                                           nn.Conv2d(FINE_STEM_CHANNELS, hidden, 1))
-            self.fine = RefineBlock(hidden)
-            self.fine_classify = nn.Conv2d(hidden, config.parsing_classes, 1)
+            self.fine_stem = nn.Sequential(nn.Conv2d(3, FINE_CHANNELS, 3, stride=2, padding=1),
+                                           nn.GroupNorm(1, FINE_CHANNELS), nn.GELU())
+            self.fine_project = nn.Conv2d(hidden, FINE_CHANNELS, 1)  # at 1/4, before upsampling
+            self.fine = RefineBlock(FINE_CHANNELS)
+            self.fine_classify = nn.Conv2d(FINE_CHANNELS, config.parsing_classes, 1)
             nn.init.zeros_(self.fine_classify.weight)  # starts as the upsampled 1/4 logits
             nn.init.zeros_(self.fine_classify.bias)
         else:
-            self.fine_stem = self.fine = self.fine_classify = None
+            self.fine_stem = self.fine_project = self.fine = self.fine_classify = None
         low = config.image_size // 4
         self.prior = nn.Parameter(torch.zeros(config.parsing_classes, low, low)) if config.parsing_position else None
         # linear, as the forensic token is: the LM's own layers do the reading
@@ -137,7 +138,7 @@ class ParsingHead(nn.Module):
             return logits
         if images is None:
             raise ValueError("a parsing head refined at 1/2 (parsing_resolution=2) also reads the images (B, 3, H, W)")
-        fine = _twice(hidden) + self.fine_stem(images * 2.0 - 1.0)
+        fine = _twice(self.fine_project(hidden)) + self.fine_stem(images * 2.0 - 1.0)
         return _twice(logits) + self.fine_classify(self.fine(fine))
 
     def token(self, logits: torch.Tensor, artifact_logits: torch.Tensor) -> torch.Tensor:
